@@ -1,0 +1,61 @@
+"""synthsets: datasets distilled into generative models (DiM), usable like torchvision datasets.
+
+>>> import synthsets
+>>> train = synthsets.DiM("mnist", inpc=10)      # bundled generator, 10 images per class per epoch
+>>> x, y = train[0]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .augment import DSA, DSAParams, cutmix
+from .dataset import SyntheticDataset, SyntheticLoader
+from .generator import Generator, GeneratorConfig
+from .hub import PretrainedNotFoundError, WeightsError, list_pretrained
+from .models import create_model, list_models
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DiM",
+    "DSA",
+    "DSAParams",
+    "Generator",
+    "GeneratorConfig",
+    "PretrainedNotFoundError",
+    "SyntheticDataset",
+    "SyntheticLoader",
+    "WeightsError",
+    "create_model",
+    "cutmix",
+    "list_models",
+    "list_pretrained",
+    "__version__",
+]
+
+
+def DiM(
+    name_or_path: str | Path,
+    inpc: int = 10,
+    *,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    local_files_only: bool = False,
+    token: str | bool | None = None,
+    **dataset_kwargs: Any,
+) -> SyntheticDataset:
+    """A :class:`SyntheticDataset` over a pretrained DiM generator.
+
+    ``name_or_path`` is a bundled short name (see :func:`list_pretrained`), a local folder
+    saved by ``Generator.save_pretrained`` / ``synthsets.distill``, or a Hub repo id.
+    Extra keyword arguments go to :class:`SyntheticDataset` (``augment``, ``device``,
+    ``seed``, ``transform``...).
+    """
+    if isinstance(inpc, bool) or not isinstance(inpc, int) or inpc <= 0:
+        raise ValueError(f"inpc (images per class) must be a positive int, got {inpc!r}")
+    generator = Generator.from_pretrained(
+        name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token
+    )
+    return SyntheticDataset(generator, inpc, **dataset_kwargs)

@@ -1,0 +1,89 @@
+"""Model cards (README.md with Hub YAML metadata) for generators."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+RESULTS_BEGIN = "<!-- synthsets:results:begin -->"
+RESULTS_END = "<!-- synthsets:results:end -->"
+
+
+def _front_matter(dataset: str, metrics: list[dict[str, Any]] | None = None) -> str:
+    lines = [
+        "---",
+        "library_name: synthsets",
+        "license: mit",
+        "tags:",
+        "- dataset-distillation",
+        "- dim",
+        "- synthsets",
+        "- conditional-gan",
+        "- image-classification",
+        "datasets:",
+        f"- {dataset}",
+    ]
+    if metrics:
+        lines.append("metrics:")
+        lines.append("- accuracy")
+    lines.append("---")
+    return "\n".join(lines)
+
+
+def distill_card(cfg: Any, real: Any, epochs_done: int, wall_seconds: float | None, stage1: bool = False) -> str:
+    """A model card for a freshly distilled generator."""
+    what = "stage-1 conditional GAN (AC-WGAN-GP, before logits matching)" if stage1 else "DiM generator"
+    settings = cfg.to_json()
+    shown = {k: settings[k] for k in (
+        "width", "disc_width", "noise_dim", "stage1_epochs", "stage2_epochs", "steps_per_epoch",
+        "stage2_steps_per_epoch", "batch_size", "lr", "stage2_lr", "match_weight", "pool", "inner_steps",
+        "siamese", "seed", "preset", "stage1_minutes", "stage2_minutes",
+    ) if k in settings}
+    wall = f"{wall_seconds / 60:.1f} minutes" if wall_seconds is not None else "n/a"
+    return f"""{_front_matter(real.name)}
+
+# {what} for {real.name}
+
+A conditional generator that stores **{real.name}** ({real.num_classes} classes,
+{real.channels}x{real.image_size}x{real.image_size}) for dataset distillation with
+[synthsets](https://github.com/synthsets/synthsets), following DiM ("Distilling Dataset
+into Generative Model"). Training loops draw fresh, labelled images from it every epoch.
+
+```python
+import synthsets
+train = synthsets.DiM("path/or/repo", inpc=10)   # 10 images per class per epoch
+```
+
+## Training
+
+Trained with `python -m synthsets.distill` on {real.source or real.name}: {epochs_done} epochs
+completed, wall time {wall}.
+
+| setting | value |
+|---|---|
+""" + "\n".join(f"| {k} | {v} |" for k, v in shown.items()) + f"""
+
+Normalisation of generated images for classifiers: mean {real.mean}, std {real.std}
+(images are mapped from [-1, 1] to [0, 1] first).
+
+## Results
+
+{RESULTS_BEGIN}
+Not evaluated yet: run `python -m synthsets.evaluate --generator THIS_FOLDER --update-card`.
+{RESULTS_END}
+"""
+
+
+def update_results(card_path: str | Path, markdown: str) -> None:
+    """Replace the results section of a model card (append one if missing)."""
+    from .hub import atomic_write_text
+
+    path = Path(card_path)
+    text = path.read_text(encoding="utf-8") if path.is_file() else "# Generator\n"
+    block = f"{RESULTS_BEGIN}\n{markdown.strip()}\n{RESULTS_END}"
+    if RESULTS_BEGIN in text and RESULTS_END in text:
+        text = re.sub(re.escape(RESULTS_BEGIN) + r".*?" + re.escape(RESULTS_END), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n## Results\n\n" + block + "\n"
+    atomic_write_text(path, text)

@@ -1,0 +1,77 @@
+"""Training checkpoints as single safetensors files (no pickles), written atomically.
+
+A checkpoint holds several state dicts (models, optimisers) flattened into one tensor
+namespace (``"<part>/<key>"``) plus JSON metadata (epoch, stage, optimiser hyper-parameters).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .hub import WeightsError, atomic_write_bytes, load_safetensors
+
+
+def _flatten(prefix: str, value: Any, tensors: dict[str, Tensor], skeleton: dict) -> Any:
+    """Move tensors of a nested dict/list into ``tensors``; return a JSON skeleton."""
+    if isinstance(value, Tensor):
+        key = f"{prefix}"
+        tensors[key] = value.detach().cpu().contiguous()
+        return {"__tensor__": key}
+    if isinstance(value, dict):
+        return {"__dict__": [[_json_key(k), _flatten(f"{prefix}.{k}", v, tensors, skeleton)] for k, v in value.items()]}
+    if isinstance(value, (list, tuple)):
+        return [_flatten(f"{prefix}.{i}", v, tensors, skeleton) for i, v in enumerate(value)]
+    return value
+
+
+def _json_key(key: Any) -> Any:
+    return key if isinstance(key, (str, int)) else str(key)
+
+
+def _unflatten(node: Any, tensors: dict[str, Tensor]) -> Any:
+    if isinstance(node, dict) and "__tensor__" in node:
+        return tensors[node["__tensor__"]]
+    if isinstance(node, dict) and "__dict__" in node:
+        return {k: _unflatten(v, tensors) for k, v in node["__dict__"]}
+    if isinstance(node, list):
+        return [_unflatten(v, tensors) for v in node]
+    return node
+
+
+def save_checkpoint(path: str | Path, parts: dict[str, Any], meta: dict[str, Any]) -> None:
+    """Save named state dicts (``parts``) and JSON-able ``meta`` to ``path`` atomically."""
+    from safetensors.torch import save
+
+    tensors: dict[str, Tensor] = {}
+    skeleton = {name: _flatten(name, state, tensors, {}) for name, state in parts.items()}
+    metadata = {"meta": json.dumps(meta), "skeleton": json.dumps(skeleton), "format": "synthsets-checkpoint"}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, save(tensors, metadata=metadata))
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Return ``(parts, meta)`` saved by :func:`save_checkpoint`."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    tensors = load_safetensors(path)
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    if metadata.get("format") != "synthsets-checkpoint":
+        raise WeightsError(f"{path} is not a synthsets training checkpoint")
+    skeleton = json.loads(metadata["skeleton"])
+    parts = {name: _unflatten(node, tensors) for name, node in skeleton.items()}
+    return parts, json.loads(metadata["meta"])
+
+
+def optimizer_state(state: dict[str, Any]) -> dict[str, Any]:
+    """Restore integer keys of an optimiser state dict after a JSON round trip."""
+    return {
+        "state": {int(k): v for k, v in state["state"].items()},
+        "param_groups": state["param_groups"],
+    }

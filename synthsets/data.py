@@ -1,0 +1,212 @@
+"""Real datasets for distillation and evaluation: torchvision names or image folders.
+
+Everything is loaded once into memory as normalised float tensors (the datasets DiM
+targets are small), so training loops index tensors on the device instead of decoding
+files. ``mean``/``std`` are the training set's per-channel statistics in ``[0, 1]`` units.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+#: torchvision datasets we know how to load: (class name, channels, size, train kwarg style)
+TORCHVISION_DATASETS = {
+    "mnist": ("MNIST", 1, 28),
+    "fashion-mnist": ("FashionMNIST", 1, 28),
+    "svhn": ("SVHN", 3, 32),
+    "cifar10": ("CIFAR10", 3, 32),
+    "cifar100": ("CIFAR100", 3, 32),
+}
+_ALIASES = {"fashionmnist": "fashion-mnist", "fmnist": "fashion-mnist", "cifar-10": "cifar10", "cifar-100": "cifar100"}
+
+
+class DataNotFoundError(FileNotFoundError):
+    """The requested real data is not where we looked."""
+
+
+@dataclass
+class RealSplit:
+    """One split as tensors: ``images`` normalised float ``(N, C, H, W)``, ``labels`` long ``(N,)``."""
+
+    images: Tensor
+    labels: Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def to(self, device: str | torch.device) -> "RealSplit":
+        return RealSplit(self.images.to(device), self.labels.to(device))
+
+
+@dataclass
+class RealData:
+    """A real dataset: train (and optionally test) split plus its metadata."""
+
+    name: str
+    train: RealSplit
+    test: RealSplit | None
+    classes: list[str]
+    channels: int
+    image_size: int
+    mean: list[float]
+    std: list[float]
+    source: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def indices_by_class(self) -> list[Tensor]:
+        """Train indices of each class (for class-conditional sampling)."""
+        labels = self.train.labels
+        return [torch.nonzero(labels == c).flatten() for c in range(self.num_classes)]
+
+
+def canonical_name(name: str) -> str:
+    key = name.strip().lower().replace("_", "-")
+    return _ALIASES.get(key.replace("-", ""), _ALIASES.get(key, key))
+
+
+def _to_uint8_tensor(dataset, size: int | None, desc: str) -> tuple[Tensor, Tensor]:
+    """Decode a torchvision-style dataset of PIL images into uint8 (N, C, H, W) and labels."""
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    data = getattr(dataset, "data", None)
+    targets = getattr(dataset, "targets", None)
+    if targets is None:
+        targets = getattr(dataset, "labels", None)
+    if isinstance(data, (Tensor, np.ndarray)) and targets is not None and size is None:
+        array = torch.as_tensor(np.asarray(data))
+        if array.dim() == 3:  # (N, H, W) grey
+            array = array.unsqueeze(1)
+        elif array.shape[-1] in (1, 3):  # (N, H, W, C)
+            array = array.permute(0, 3, 1, 2)
+        return array.contiguous().to(torch.uint8), torch.as_tensor(np.asarray(targets), dtype=torch.long)
+    images, labels = [], []
+    for image, label in tqdm(dataset, desc=desc, leave=False, mininterval=1.0):
+        if size is not None and image.size != (size, size):
+            image = image.resize((size, size))
+        array = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
+        images.append(array.unsqueeze(0) if array.dim() == 2 else array.permute(2, 0, 1))
+        labels.append(int(label))
+    if not images:
+        raise DataNotFoundError(f"{desc}: no images found")
+    return torch.stack(images), torch.tensor(labels, dtype=torch.long)
+
+
+def _image_folder(path: Path, size: int | None, channels: int | None):
+    from torchvision.datasets import ImageFolder
+
+    mode = {1: "L", 3: "RGB", None: "RGB"}[channels]
+    if not any(p.is_dir() for p in path.iterdir()):
+        raise DataNotFoundError(f"{path} has no class sub-folders (expected {path}/<class>/<image>)")
+    return ImageFolder(str(path), loader=lambda p: _open_image(p, mode))
+
+
+def _open_image(path: str, mode: str):
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.convert(mode)
+
+
+def _stats(images: Tensor) -> tuple[list[float], list[float]]:
+    x = images.float().div_(255)
+    return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).tolist()
+
+
+def _normalise(images: Tensor, mean: list[float], std: list[float]) -> Tensor:
+    m = torch.tensor(mean).view(1, -1, 1, 1)
+    s = torch.tensor(std).view(1, -1, 1, 1)
+    return (images.float().div_(255) - m) / s
+
+
+def load_real(
+    data: str | Path,
+    root: str | Path | None = None,
+    *,
+    image_size: int | None = None,
+    channels: int | None = None,
+    download: bool = False,
+    with_test: bool = True,
+) -> RealData:
+    """Load a torchvision dataset by name (``mnist``, ``fashion-mnist``, ``svhn``, ``cifar10``,
+    ``cifar100``) from ``root``, or an image folder (``train/`` and optional ``test/``, one
+    sub-folder per class). ``image_size`` resizes (the generator needs 28 or 32 px)."""
+    path = Path(data).expanduser()
+    name = canonical_name(str(data))
+    if name in TORCHVISION_DATASETS and not path.is_dir():
+        return _load_torchvision(name, root, image_size, download, with_test)
+    if not path.is_dir():
+        known = ", ".join(TORCHVISION_DATASETS)
+        raise DataNotFoundError(
+            f"--data {data!r} is neither a known dataset name ({known}) nor an existing image folder "
+            f"(looked for the folder {path.resolve()})"
+        )
+    train_dir = path / "train" if (path / "train").is_dir() else path
+    test_dir = path / "test" if (path / "test").is_dir() else None
+    train_set = _image_folder(train_dir, image_size, channels)
+    classes = list(train_set.classes)
+    x_train, y_train = _to_uint8_tensor(train_set, image_size, f"reading {train_dir}")
+    test = None
+    if with_test and test_dir is not None:
+        test_set = _image_folder(test_dir, image_size, channels)
+        if list(test_set.classes) != classes:
+            raise DataNotFoundError(
+                f"class folders differ between {train_dir} and {test_dir}: {classes} vs {test_set.classes}"
+            )
+        test = _to_uint8_tensor(test_set, image_size, f"reading {test_dir}")
+    return _assemble(path.name, str(path), classes, x_train, y_train, test)
+
+
+def _load_torchvision(name: str, root, image_size, download: bool, with_test: bool) -> RealData:
+    import torchvision.datasets as tvd
+
+    cls_name, _, _ = TORCHVISION_DATASETS[name]
+    cls = getattr(tvd, cls_name)
+    if root is None:
+        raise DataNotFoundError(
+            f"dataset {name!r} needs --root: the folder holding it (torchvision layout), "
+            "or pass download=True (--download) to fetch it there"
+        )
+    root = Path(root).expanduser()
+
+    def make(train: bool):
+        kwargs = {"split": "train" if train else "test"} if cls_name == "SVHN" else {"train": train}
+        try:
+            return cls(str(root), download=download, **kwargs)
+        except RuntimeError as err:  # torchvision: "Dataset not found. You can use download=True..."
+            raise DataNotFoundError(
+                f"{cls_name} not found under {root.resolve()} ({err}). Point --root at the folder that "
+                f"holds it (for MNIST: ROOT/MNIST/raw/*-ubyte), or add --download on a connected machine"
+            ) from None
+        except OSError as err:
+            raise DataNotFoundError(f"could not read or download {cls_name} into {root}: {err}") from None
+
+    train_set = make(True)
+    classes = [str(c) for c in getattr(train_set, "classes", [])] or [str(i) for i in range(10)]
+    x_train, y_train = _to_uint8_tensor(train_set, image_size, f"reading {cls_name} train")
+    test = _to_uint8_tensor(make(False), image_size, f"reading {cls_name} test") if with_test else None
+    return _assemble(name, str(root), classes, x_train, y_train, test)
+
+
+def _assemble(name, source, classes, x_train, y_train, test) -> RealData:
+    mean, std = (list(map(lambda v: round(v, 4), stats)) for stats in _stats(x_train))
+    size = x_train.shape[-1]
+    return RealData(
+        name=name,
+        train=RealSplit(_normalise(x_train, mean, std), y_train),
+        test=RealSplit(_normalise(test[0], mean, std), test[1]) if test is not None else None,
+        classes=classes,
+        channels=x_train.shape[1],
+        image_size=size,
+        mean=mean,
+        std=std,
+        source=source,
+    )

@@ -1,0 +1,311 @@
+"""``SyntheticDataset``: a torchvision-style dataset whose images come from a DiM generator.
+
+Every epoch holds exactly ``inpc`` images of each class, freshly generated (in batches,
+on the chosen device) and, by default, DSA-augmented per sample. Images are returned
+normalised for a classifier::
+
+    x = ((g + 1) / 2 - mean) / std        # g: generator output in [-1, 1]
+
+with the real dataset's per-channel ``mean``/``std`` stored in the generator's config,
+i.e. exactly what ``torchvision.transforms.Normalize(mean, std)`` gives for real images.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from .augment import DSA
+from .generator import Generator
+
+#: DSA strategy used at deployment (paper Sec. 4.1: colour and crop; CutMix is applied by
+#: the training loop, see ``synthsets.evaluate``).
+DEPLOYMENT_STRATEGY = "color_crop"
+
+AugmentSpec = str | Callable[[Tensor], Tensor] | None
+
+
+def default_device() -> torch.device:
+    """CUDA when present, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _dist_rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _mix_seed(*parts: int) -> int:
+    """A 63-bit seed derived from integers (stable across runs and processes)."""
+    value = 0x9E3779B97F4A7C15
+    for part in parts:
+        value ^= (part + 0x9E3779B97F4A7C15 + (value << 6) + (value >> 2)) & 0xFFFFFFFFFFFFFFFF
+        value = (value * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    return value & 0x7FFFFFFFFFFFFFFF
+
+
+def _make_augment(augment: AugmentSpec) -> Callable[..., Tensor] | None:
+    if augment is None or augment is False:
+        return None
+    if isinstance(augment, str):
+        key = augment.strip().lower()
+        if key in ("", "none", "off"):
+            return None
+        if key == "dsa":
+            return DSA(DEPLOYMENT_STRATEGY)
+        if key in ("dsa-full", "dsa_full"):
+            return DSA()
+        return DSA(key)  # a DSA strategy string such as "color_crop_cutout"
+    if callable(augment):
+        return augment
+    raise TypeError(
+        f"augment must be 'dsa', a DSA strategy string, a callable on image batches or None, got {augment!r}"
+    )
+
+
+class SyntheticDataset(Dataset):
+    """Labelled images drawn from a DiM generator, ``inpc`` per class, new every epoch.
+
+    Args:
+        generator: a :class:`~synthsets.Generator` (moved to ``device``, put in eval mode).
+        inpc: images per class per epoch (the paper's INPC).
+        transform: optional per-item callable on the normalised ``(C, H, W)`` tensor.
+        target_transform: optional per-item callable on the integer label.
+        augment: ``"dsa"`` (default; per-sample DSA colour+crop, on the device), ``"dsa-full"``,
+            any DSA strategy string, a callable ``batch -> batch``, or ``None``.
+        device: where images are generated; default CUDA when present, else CPU.
+        seed: makes the stream of epochs reproducible on the same device; ``None`` draws
+            one from torch's global RNG (so ``torch.manual_seed`` also fixes it).
+        batch_size: generation batch size.
+        normalize: apply the dataset mean/std (default) or return images in ``[0, 1]``.
+        distributed: ``"auto"`` shards each epoch over torch.distributed ranks (each rank
+            sees distinct samples; do not add a ``DistributedSampler``), ``False`` never.
+
+    Epochs advance with :meth:`set_epoch`, automatically once every item of an epoch has
+    been read and another is asked for, and at each pass of :meth:`loader`.
+    """
+
+    def __init__(
+        self,
+        generator: Generator,
+        inpc: int,
+        transform: Callable[[Tensor], Any] | None = None,
+        target_transform: Callable[[int], Any] | None = None,
+        augment: AugmentSpec = "dsa",
+        device: str | torch.device | None = None,
+        seed: int | None = None,
+        batch_size: int = 500,
+        normalize: bool = True,
+        distributed: bool | str = "auto",
+    ) -> None:
+        if not isinstance(generator, Generator):
+            raise TypeError(
+                f"generator must be a synthsets.Generator, got {type(generator).__name__}; "
+                "load one with synthsets.Generator.from_pretrained(...) or use synthsets.DiM(name)"
+            )
+        if isinstance(inpc, bool) or not isinstance(inpc, int) or inpc <= 0:
+            raise ValueError(f"inpc (images per class) must be a positive int, got {inpc!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise TypeError(f"seed must be an int or None, got {seed!r}")
+        for name, fn in (("transform", transform), ("target_transform", target_transform)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"{name} must be callable or None, got {fn!r}")
+        if distributed not in ("auto", True, False):
+            raise ValueError(f"distributed must be 'auto', True or False, got {distributed!r}")
+
+        self.device = torch.device(device) if device is not None else default_device()
+        self.generator = generator.to(self.device).eval()
+        self.inpc = inpc
+        self.transform = transform
+        self.target_transform = target_transform
+        self.augment = _make_augment(augment)
+        self.batch_size = batch_size
+        self.normalize = normalize
+        config = generator.config
+        self.classes: list[str] = list(config.classes)
+        self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
+        self.mean = torch.tensor(config.mean, device=self.device).view(1, -1, 1, 1)
+        self.std = torch.tensor(config.std, device=self.device).view(1, -1, 1, 1)
+
+        self.rank, self.world_size = _dist_rank_world() if distributed else (0, 1)
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+            if self.world_size > 1:  # all ranks must share the epoch's noise
+                box = [seed]
+                torch.distributed.broadcast_object_list(box, src=0)
+                seed = int(box[0])
+        self.seed = seed
+        # global layout: class-major labels, this rank takes indices rank::world_size
+        self._global_labels = torch.arange(self.num_classes).repeat_interleave(inpc)
+        self._indices = torch.arange(self.rank, len(self._global_labels), self.world_size)
+        self.targets: list[int] = self._global_labels[self._indices].tolist()
+        self.epoch = 0
+        self._cache: dict[int, Tensor] = {}
+        self._served = 0
+
+    # -- torchvision-style attributes --------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return self.generator.config.num_classes
+
+    @property
+    def channels(self) -> int:
+        return self.generator.config.channels
+
+    @property
+    def image_size(self) -> int:
+        return self.generator.config.image_size
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    def __repr__(self) -> str:
+        config = self.generator.config
+        lines = [
+            f"Dataset {type(self).__name__}",
+            f"    Generator: {getattr(self.generator, 'source', None) or config.dataset or 'custom'}",
+            f"    Number of datapoints: {len(self)} per epoch ({self.inpc} per class x {self.num_classes} classes"
+            + (f", rank {self.rank} of {self.world_size}" if self.world_size > 1 else "")
+            + ")",
+            f"    Image: {config.channels}x{config.image_size}x{config.image_size}, "
+            f"{'normalised with mean ' + str(config.mean) + ', std ' + str(config.std) if self.normalize else 'in [0, 1]'}",
+            f"    Augment: {self.augment!r}",
+            f"    Device: {self.device}, seed: {self.seed}, epoch: {self.epoch}",
+        ]
+        if self.transform is not None:
+            lines.append(f"    Transform: {self.transform!r}")
+        if self.target_transform is not None:
+            lines.append(f"    Target transform: {self.target_transform!r}")
+        return "\n".join(lines)
+
+    # -- epochs ------------------------------------------------------------------------
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose images are served (as ``DistributedSampler.set_epoch``)."""
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
+        if epoch != self.epoch:
+            self._cache.clear()
+        self.epoch = epoch
+        self._served = 0
+
+    def _rng(self, *parts: int) -> torch.Generator:
+        rng = torch.Generator(device=self.device)
+        rng.manual_seed(_mix_seed(self.seed, self.epoch, *parts))
+        return rng
+
+    # -- generation --------------------------------------------------------------------
+    @torch.no_grad()
+    def _render(self, noise: Tensor, chunk_id: int) -> Tensor:
+        images = self.generator(noise)
+        images = (images.float() + 1) / 2
+        if self.normalize:
+            images = (images - self.mean) / self.std
+        if self.augment is not None:
+            if isinstance(self.augment, DSA):
+                images = self.augment(images, generator=self._rng(1, self.rank, chunk_id))
+            else:
+                images = self.augment(images)
+        return images
+
+    def _epoch_noise(self) -> Tensor:
+        """Label-coded noise for the whole (global) epoch, identical on every rank."""
+        noise = torch.randn(
+            len(self._global_labels), self.generator.noise_dim, device=self.device, generator=self._rng(0)
+        )
+        return self.generator.make_noise(self._global_labels, noise=noise)
+
+    def _chunk(self, chunk_id: int) -> Tensor:
+        images = self._cache.get(chunk_id)
+        if images is None:
+            if not hasattr(self, "_noise_epoch") or self._noise_epoch != self.epoch:
+                self._noise = self._epoch_noise()
+                self._noise_epoch = self.epoch
+            start = chunk_id * self.batch_size
+            local = self._indices[start : start + self.batch_size].to(self.device)
+            images = self._render(self._noise[local], chunk_id)
+            self._cache[chunk_id] = images
+        return images
+
+    def epoch_tensors(self) -> tuple[Tensor, Tensor]:
+        """All images and labels of the current epoch (for this rank), on the device."""
+        chunks = [self._chunk(i) for i in range(math.ceil(len(self) / self.batch_size))]
+        labels = self._global_labels[self._indices].to(self.device)
+        return torch.cat(chunks), labels
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        if isinstance(index, torch.Tensor):
+            index = int(index)
+        if not isinstance(index, int):
+            raise TypeError(f"index must be an int, got {type(index).__name__}")
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} items")
+        if self._served >= len(self):  # a full pass was read: the next access starts a new epoch
+            self.set_epoch(self.epoch + 1)
+        self._served += 1
+        image = self._chunk(index // self.batch_size)[index % self.batch_size]
+        target: Any = self.targets[index]
+        if self.transform is not None:
+            image = self.transform(image)
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return image, target
+
+    # -- fast path ---------------------------------------------------------------------
+    def loader(self, batch_size: int = 128, shuffle: bool = True, drop_last: bool = False) -> "SyntheticLoader":
+        """Iterate whole device batches, one fresh epoch per pass (the fast path)."""
+        return SyntheticLoader(self, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last)
+
+    def materialize(self, ipc: int | None = None, path: str | Path | None = None, fmt: str | None = None):
+        """Generate a fixed synthetic set; see :func:`synthsets.export.materialize`."""
+        from .export import materialize
+
+        return materialize(self, ipc=ipc, path=path, fmt=fmt)
+
+
+class SyntheticLoader:
+    """Batches of ``(images, labels)`` on the dataset's device; each ``iter()`` is a new epoch.
+
+    Works like a ``DataLoader`` in a training loop but skips per-item indexing and
+    collation: a whole epoch is generated in large batches, then sliced.
+    """
+
+    def __init__(self, dataset: SyntheticDataset, batch_size: int = 128, shuffle: bool = True, drop_last: bool = False):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self._started = False
+
+    def __len__(self) -> int:
+        n = len(self.dataset)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        ds = self.dataset
+        if self._started or ds._served > 0:
+            ds.set_epoch(ds.epoch + 1)
+        self._started = True
+        ds._served = len(ds)  # this pass consumes the epoch
+        images, labels = ds.epoch_tensors()
+        if self.shuffle:
+            order = torch.randperm(len(labels), device=ds.device, generator=ds._rng(2, ds.rank))
+            images, labels = images[order], labels[order]
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            x, y = images[start : start + self.batch_size], labels[start : start + self.batch_size]
+            if ds.transform is not None:
+                x = torch.stack([ds.transform(img) for img in x])
+            if ds.target_transform is not None:
+                y = torch.as_tensor([ds.target_transform(int(t)) for t in y], device=ds.device)
+            yield x, y

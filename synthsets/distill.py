@@ -1,0 +1,556 @@
+"""Distil a dataset into a DiM generator (paper Sec. 3), as a library call and a CLI.
+
+Stage 1 trains a conditional AC-WGAN-GP. Stage 2 continues the GAN and adds logits
+matching: every epoch a fresh model is drawn from the models pool; before each
+generator step it is trained for 16 SGD steps on DSA-augmented real images, then real
+and generated images with the same labels are augmented with one shared (siamese) DSA
+draw and ``L_m = mean((log_softmax(m(real)) - log_softmax(m(fake)))^2)`` is added to
+the generator loss with weight ``lambda`` (0.01).
+
+    python -m synthsets.distill --data mnist --root DATA --out runs/mnist
+    torchrun --nproc_per_node 4 -m synthsets.distill --data cifar10 --root DATA --out runs/c10
+
+The output folder holds ``config.json`` + ``model.safetensors`` (the generator, loadable
+with ``synthsets.DiM(out)``), ``README.md`` (model card), ``samples/`` (a grid per
+epoch), ``log.jsonl`` (losses), ``stage1/`` (the generator after stage 1) and
+``checkpoints/last.safetensors`` (resume with ``--resume``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import card
+from .augment import DSA
+from .checkpoint import load_checkpoint, optimizer_state, save_checkpoint
+from .data import RealData, load_real
+from .dataset import _mix_seed
+from .discriminator import Discriminator, gradient_penalty
+from .generator import Generator, GeneratorConfig
+from .models import POOL, create_model
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # the paper / reference code
+    "paper": {},
+    # a reduced run that finishes on a 2-core CPU in well under an hour for MNIST
+    "cpu-small": {
+        "width": 64,
+        "disc_width": 64,
+        "stage1_epochs": 6,
+        "stage2_epochs": 2,
+        "steps_per_epoch": 250,
+        "stage2_steps_per_epoch": 40,
+        "inner_steps": 16,
+        "pool": ["convnet3"],
+        "pool_width": 32,
+        "stage2_lr": 1e-4,
+    },
+    # a seconds-long smoke run (tests, CI)
+    "tiny": {
+        "width": 16,
+        "disc_width": 16,
+        "stage1_epochs": 1,
+        "stage2_epochs": 1,
+        "steps_per_epoch": 2,
+        "stage2_steps_per_epoch": 2,
+        "inner_steps": 2,
+        "batch_size": 8,
+        "pool": ["convnet3"],
+        "pool_width": 8,
+        "samples_per_class": 2,
+    },
+}
+
+
+@dataclass
+class DistillConfig:
+    """Every setting of a distillation run (defaults are the paper's)."""
+
+    data: str = "mnist"
+    root: str | None = None
+    out: str = "runs/dim"
+    image_size: int | None = None
+    download: bool = False
+    # architecture
+    width: int = 196
+    disc_width: int = 196
+    noise_dim: int = 100
+    # schedule
+    stage1_epochs: int = 120
+    stage2_epochs: int = 100
+    steps_per_epoch: int | None = None  # default: one pass over the real training set
+    stage2_steps_per_epoch: int | None = None
+    batch_size: int = 64
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.0, 0.9)
+    gp_weight: float = 10.0
+    # stage 2
+    stage2_lr: float = 5e-6
+    match_weight: float = 0.01
+    pool: list[str] = field(default_factory=lambda: list(POOL))
+    pool_width: int | None = None  # ConvNet width override (None: 128)
+    inner_steps: int = 16
+    inner_lr: float = 0.01
+    inner_momentum: float = 0.9
+    inner_weight_decay: float = 5e-4
+    siamese: bool = True
+    # run control
+    seed: int = 0
+    device: str | None = None
+    stage1_minutes: float | None = None
+    stage2_minutes: float | None = None
+    samples_per_class: int = 10
+    push_to_hub: str | None = None
+    preset: str | None = None
+    progress: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+# -- distributed helpers ----------------------------------------------------------------
+def _dist() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _average_grads(module: nn.Module, world: int) -> None:
+    """Average gradients across ranks (used for the discriminator, whose gradient-penalty
+    double backward does not fit DDP's one-forward-one-backward reducer)."""
+    if world == 1:
+        return
+    for p in module.parameters():
+        if p.grad is not None:
+            torch.distributed.all_reduce(p.grad)
+            p.grad.div_(world)
+
+
+def _setup_distributed(device: str | None) -> tuple[torch.device, int, int, bool]:
+    """Initialise torch.distributed under torchrun; pick the device."""
+    started = False
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and not torch.distributed.is_initialized():
+        want_cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
+        torch.distributed.init_process_group("nccl" if want_cuda else "gloo")
+        started = True
+    rank, world = _dist()
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("--device cuda was asked for but CUDA is not available; use --device cpu")
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        dev = torch.device("cuda", local if world > 1 else (dev.index or 0))
+        torch.cuda.set_device(dev)
+    return dev, rank, world, started
+
+
+# -- the trainer -------------------------------------------------------------------------
+class Distiller:
+    """Runs stage 1 and stage 2 with checkpoints, logs, sample grids and a model card."""
+
+    def __init__(self, config: DistillConfig, real: RealData | None = None) -> None:
+        self.cfg = config
+        self.device, self.rank, self.world, self._started_dist = _setup_distributed(config.device)
+        self.out = Path(config.out)
+        self.is_main = self.rank == 0
+        if real is None:
+            real = load_real(config.data, config.root, image_size=config.image_size, download=config.download)
+        if real.image_size not in (28, 32):
+            raise ValueError(
+                f"{config.data} has {real.image_size}x{real.image_size} images; DiM generators make 28 or 32 px: "
+                "pass --image-size 32 (or 28) to resize"
+            )
+        self.real = real
+        self.num_classes = real.num_classes
+        # real images in [-1, 1] for the discriminator; the classifier sees normalised ones
+        self.mean = torch.tensor(real.mean, device=self.device).view(1, -1, 1, 1)
+        self.std = torch.tensor(real.std, device=self.device).view(1, -1, 1, 1)
+        shard = slice(self.rank, None, self.world)
+        self.train_x = real.train.images[shard].to(self.device)
+        self.train_y = real.train.labels[shard].to(self.device)
+        self.by_class = [torch.nonzero(self.train_y == c).flatten() for c in range(self.num_classes)]
+        if any(len(idx) == 0 for idx in self.by_class):
+            missing = [real.classes[c] for c, idx in enumerate(self.by_class) if len(idx) == 0]
+            raise ValueError(f"no training images for classes {missing} (on rank {self.rank})")
+
+        torch.manual_seed(config.seed)
+        gen_config = GeneratorConfig(
+            num_classes=self.num_classes,
+            channels=real.channels,
+            image_size=real.image_size,
+            noise_dim=config.noise_dim,
+            width=config.width,
+            dataset=real.name,
+            classes=real.classes,
+            mean=real.mean,
+            std=real.std,
+        )
+        self.G = Generator(gen_config).to(self.device)
+        self.D = Discriminator(self.num_classes, real.channels, real.image_size, config.disc_width).to(self.device)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=config.lr, betas=tuple(config.betas))
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=config.lr, betas=tuple(config.betas))
+        self.G_train: nn.Module = self.G
+        if self.world > 1:
+            self.G_train = nn.parallel.DistributedDataParallel(
+                self.G, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        self.dsa = DSA()  # full DSA strategy for matching and for training the pool model
+        self.epoch = 0  # epochs completed over both stages
+        self.total_epochs = config.stage1_epochs + config.stage2_epochs
+        self.stage_started: float | None = None
+        fixed = torch.Generator(device="cpu").manual_seed(1234)
+        labels = torch.arange(self.num_classes).repeat_interleave(config.samples_per_class)
+        self.sample_noise = self.G.make_noise(labels, noise=torch.randn(len(labels), config.noise_dim, generator=fixed).to(self.device))
+
+    # paths
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out / "checkpoints" / "last.safetensors"
+
+    # -- helpers -----------------------------------------------------------------------
+    def to_classifier(self, x_pm: Tensor) -> Tensor:
+        """Map generator-space images ([-1, 1]) to normalised classifier input."""
+        return ((x_pm + 1) / 2 - self.mean) / self.std
+
+    def to_gan(self, x_norm: Tensor) -> Tensor:
+        """Map normalised real images to the generator's [-1, 1] range."""
+        return (x_norm * self.std + self.mean) * 2 - 1
+
+    def _steps(self, stage: int) -> int:
+        full = max(1, len(self.train_y) // self.cfg.batch_size)
+        if stage == 2 and self.cfg.stage2_steps_per_epoch:
+            return self.cfg.stage2_steps_per_epoch
+        return min(full, self.cfg.steps_per_epoch) if self.cfg.steps_per_epoch else full
+
+    def _batches(self, steps: int) -> list[Tensor]:
+        """Index batches for one epoch, drawn on the device (shuffled passes over the shard)."""
+        n, b = len(self.train_y), self.cfg.batch_size
+        order = torch.cat([torch.randperm(n, device=self.device) for _ in range(math.ceil(steps * b / n))])
+        return list(order[: steps * b].view(steps, b))
+
+    # -- one GAN step (both stages) ---------------------------------------------------
+    def _discriminator_step(self, real: Tensor, labels: Tensor, z: Tensor) -> dict[str, float]:
+        with torch.no_grad():
+            fake = self.G_train(z)
+        self.D.requires_grad_(True)
+        score_real, logits_real = self.D(real)
+        score_fake, logits_fake = self.D(fake)
+        gp = gradient_penalty(self.D, real, fake)
+        loss = (
+            score_fake.mean()
+            - score_real.mean()
+            + F.cross_entropy(logits_real, labels)
+            + F.cross_entropy(logits_fake, labels)
+            + self.cfg.gp_weight * gp
+        )
+        self.opt_d.zero_grad(set_to_none=True)
+        loss.backward()
+        _average_grads(self.D, self.world)
+        self.opt_d.step()
+        return {"d_loss": loss.item(), "gp": gp.item(), "wdist": (score_real.mean() - score_fake.mean()).item()}
+
+    def _generator_step(
+        self, real: Tensor, labels: Tensor, z: Tensor, matcher: nn.Module | None
+    ) -> dict[str, float]:
+        self.D.requires_grad_(False)
+        fake = self.G_train(z)
+        score, logits = self.D(fake)
+        g_gan = -score.mean() + F.cross_entropy(logits, labels)
+        loss, stats = g_gan, {"g_loss": g_gan.item()}
+        if matcher is not None:
+            match = self.matching_loss(matcher, self.to_classifier(real), self.to_classifier(fake))
+            loss = loss + self.cfg.match_weight * match
+            stats["match"] = match.item()
+        self.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_g.step()
+        return stats
+
+    def matching_loss(self, model: nn.Module, real: Tensor, fake: Tensor) -> Tensor:
+        """Logits matching on one shared (siamese) DSA draw of the real/fake pair."""
+        real_aug, fake_aug = self.dsa.pair(real, fake, siamese=self.cfg.siamese)
+        with torch.no_grad():
+            target = F.log_softmax(model(real_aug), dim=1)
+        return (target - F.log_softmax(model(fake_aug), dim=1)).pow(2).mean()
+
+    def _train_pool_model(self, model: nn.Module, optimizer: torch.optim.Optimizer, steps: int) -> float:
+        model.train()
+        model.requires_grad_(True)
+        loss = torch.zeros((), device=self.device)
+        for _ in range(steps):
+            idx = torch.randint(len(self.train_y), (self.cfg.batch_size,), device=self.device)
+            x = self.dsa(self.train_x[idx])
+            loss = F.cross_entropy(model(x), self.train_y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        model.requires_grad_(False)
+        return loss.item()
+
+    def _new_pool_model(self, epoch: int) -> tuple[nn.Module, torch.optim.Optimizer, str]:
+        # identical on every rank: the choice and the init depend on (seed, epoch) only
+        torch.manual_seed(_mix_seed(self.cfg.seed, epoch, 7))
+        name = self.cfg.pool[int(torch.randint(len(self.cfg.pool), (1,)).item())]
+        kwargs = {"width": self.cfg.pool_width} if self.cfg.pool_width and name.startswith("convnet") else {}
+        model = create_model(name, self.num_classes, self.real.channels, self.real.image_size, **kwargs).to(self.device)
+        opt = torch.optim.SGD(
+            model.parameters(), lr=self.cfg.inner_lr, momentum=self.cfg.inner_momentum, weight_decay=self.cfg.inner_weight_decay
+        )
+        return model, opt, name
+
+    # -- epochs ------------------------------------------------------------------------
+    def run_epoch(self, epoch: int) -> dict[str, float]:
+        """Run epoch ``epoch`` (0-based over both stages); deterministic given the state."""
+        cfg = self.cfg
+        stage = 1 if epoch < cfg.stage1_epochs else 2
+        if epoch == cfg.stage1_epochs:  # entering stage 2: the paper's smaller learning rate
+            for group in self.opt_g.param_groups:
+                group["lr"] = cfg.stage2_lr
+        torch.manual_seed(_mix_seed(cfg.seed, epoch, self.rank))
+        matcher = opt_m = None
+        pool_name = None
+        if stage == 2:
+            matcher, opt_m, pool_name = self._new_pool_model(epoch)
+            torch.manual_seed(_mix_seed(cfg.seed, epoch, self.rank, 1))
+        self.G_train.train()
+        self.D.train()
+        steps = self._steps(stage)
+        totals: dict[str, float] = {}
+        bar = None
+        if cfg.progress and self.is_main:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=steps, desc=f"stage {stage} epoch {epoch + 1}/{self.total_epochs}", leave=False, mininterval=0.5)
+        for step, idx in enumerate(self._batches(steps)):
+            real, labels = self.to_gan(self.train_x[idx]), self.train_y[idx]
+            z = self.G.make_noise(labels)
+            stats = self._discriminator_step(real, labels, z)
+            if matcher is not None:
+                stats["pool_ce"] = self._train_pool_model(matcher, opt_m, cfg.inner_steps)
+            stats.update(self._generator_step(real, labels, z, matcher))
+            for k, v in stats.items():
+                totals[k] = totals.get(k, 0.0) + v
+            if bar is not None:
+                bar.update(1)
+                if step % 10 == 0:
+                    bar.set_postfix({k: f"{v:.3f}" for k, v in stats.items()})
+        if bar is not None:
+            bar.close()
+        record: dict[str, Any] = {"epoch": epoch + 1, "stage": stage, "steps": steps}
+        record.update({k: v / steps for k, v in totals.items()})
+        if pool_name:
+            record["pool_model"] = pool_name
+        return record
+
+    # -- outputs -----------------------------------------------------------------------
+    def save_samples(self, name: str) -> Path:
+        from torchvision.utils import save_image
+
+        was_training = self.G.training
+        self.G.eval()
+        with torch.no_grad():
+            images = (self.G(self.sample_noise) + 1) / 2
+        self.G.train(was_training)
+        path = self.out / "samples" / f"{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_image(images.clamp(0, 1), path, nrow=self.cfg.samples_per_class, padding=1)
+        return path
+
+    def save_checkpoint(self) -> None:
+        parts = {
+            "generator": self.G.state_dict(),
+            "discriminator": self.D.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+        }
+        meta = {"epoch": self.epoch, "config": self.cfg.to_json(), "world_size": self.world}
+        save_checkpoint(self.checkpoint_path, parts, meta)
+
+    def load_checkpoint(self) -> None:
+        parts, meta = load_checkpoint(self.checkpoint_path)
+        self.G.load_state_dict(parts["generator"])
+        self.D.load_state_dict(parts["discriminator"])
+        self.opt_g.load_state_dict(optimizer_state(parts["opt_g"]))
+        self.opt_d.load_state_dict(optimizer_state(parts["opt_d"]))
+        self.epoch = int(meta["epoch"])
+
+    def save_generator(self, folder: Path, card_text: str | None = None) -> None:
+        self.G.eval()
+        self.G.save_pretrained(folder)
+        self.G.train()
+        if card_text is not None:
+            (folder / "README.md").write_text(card_text, encoding="utf-8")
+
+    def _log(self, record: dict[str, Any]) -> None:
+        with open(self.out / "log.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    # -- main loop -----------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> Path:
+        cfg = self.cfg
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        if resume and self.checkpoint_path.is_file():
+            self.load_checkpoint()
+        elif resume:
+            print(f"--resume: no checkpoint at {self.checkpoint_path}; starting from scratch", file=sys.stderr)
+        elif self.checkpoint_path.is_file():
+            raise FileExistsError(
+                f"{self.out} already holds a run (checkpoint {self.checkpoint_path}); "
+                "pass --resume to continue it, or choose another --out"
+            )
+        if self.is_main and self.epoch == 0:
+            (self.out / "log.jsonl").unlink(missing_ok=True)
+            (self.out / "distill_config.json").write_text(json.dumps(cfg.to_json(), indent=2) + "\n")
+        if self.epoch >= cfg.stage1_epochs:  # resumed inside stage 2
+            for group in self.opt_g.param_groups:
+                group["lr"] = cfg.stage2_lr
+        started = time.time()
+        stage_clock = {1: None, 2: None}
+        while self.epoch < self.total_epochs:
+            stage = 1 if self.epoch < cfg.stage1_epochs else 2
+            stage_clock[stage] = stage_clock[stage] or time.time()
+            limit = cfg.stage1_minutes if stage == 1 else cfg.stage2_minutes
+            if limit is not None and time.time() - stage_clock[stage] > limit * 60:
+                if stage == 1:  # stage budget spent: move on to stage 2
+                    self._finish_stage1()
+                    self.epoch = cfg.stage1_epochs
+                    for group in self.opt_g.param_groups:
+                        group["lr"] = cfg.stage2_lr
+                    continue
+                break
+            t0 = time.time()
+            record = self.run_epoch(self.epoch)
+            self.epoch += 1
+            record["seconds"] = round(time.time() - t0, 3)
+            if self.is_main:
+                self._log(record)
+                self.save_samples(f"epoch_{self.epoch:04d}")
+                self.save_checkpoint()
+                if cfg.progress:
+                    shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items())
+                    print(shown, file=sys.stderr, flush=True)
+            if self.epoch == cfg.stage1_epochs:
+                self._finish_stage1()
+        wall = time.time() - started
+        if self.is_main:
+            self.save_generator(self.out, card.distill_card(cfg, self.real, self.epoch, wall))
+            self.save_samples("final")
+            if cfg.push_to_hub:
+                from .hub import upload_folder
+
+                url = upload_folder(self.out, cfg.push_to_hub, commit_message="Upload DiM generator (synthsets.distill)")
+                print(f"pushed to {url}", file=sys.stderr)
+        if self.world > 1:
+            torch.distributed.barrier()
+        return self.out
+
+    def _finish_stage1(self) -> None:
+        if self.is_main and not (self.out / "stage1" / "model.safetensors").is_file():
+            self.save_generator(self.out / "stage1", card.distill_card(self.cfg, self.real, self.epoch, None, stage1=True))
+
+    def close(self) -> None:
+        if self._started_dist and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def distill(config: DistillConfig | None = None, resume: bool = False, real: RealData | None = None, **kwargs: Any) -> Path:
+    """Run a distillation; returns the output folder (loadable with ``synthsets.DiM``)."""
+    config = apply_preset(config or DistillConfig(**kwargs))
+    trainer = Distiller(config, real=real)
+    try:
+        return trainer.fit(resume=resume)
+    finally:
+        trainer.close()
+
+
+def apply_preset(config: DistillConfig, explicit: Sequence[str] = ()) -> DistillConfig:
+    """Fill in a preset's values, keeping fields named in ``explicit`` as given."""
+    if not config.preset:
+        return config
+    if config.preset not in PRESETS:
+        raise ValueError(f"unknown preset {config.preset!r}; choose one of {sorted(PRESETS)}")
+    values = {k: v for k, v in PRESETS[config.preset].items() if k not in explicit}
+    return dataclasses.replace(config, **values)
+
+
+# -- CLI -----------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    d = DistillConfig()
+    p = argparse.ArgumentParser(
+        prog="python -m synthsets.distill",
+        description="Distil a dataset into a DiM generator (stage 1: AC-WGAN-GP; stage 2: logits matching).",
+    )
+    a = p.add_argument
+    a("--data", required=True, help="mnist, fashion-mnist, svhn, cifar10, cifar100, or an image folder (train/, test/)")
+    a("--root", help="folder holding the torchvision dataset (e.g. ROOT/MNIST/raw)")
+    a("--download", action="store_true", help="let torchvision download the named dataset into --root")
+    a("--out", required=True, help="output folder (generator, model card, samples, log, checkpoints)")
+    a("--image-size", type=int, choices=(28, 32), help="resize images to this size")
+    a("--preset", choices=sorted(PRESETS), help="a reduced configuration (cpu-small: MNIST on a laptop CPU)")
+    a("--width", type=int, default=d.width, help="generator width (paper: 196)")
+    a("--disc-width", type=int, default=d.disc_width, help="discriminator width (paper: 196)")
+    a("--noise-dim", type=int, default=d.noise_dim)
+    a("--stage1-epochs", type=int, default=d.stage1_epochs)
+    a("--stage2-epochs", type=int, default=d.stage2_epochs)
+    a("--steps-per-epoch", type=int, help="cap generator steps per epoch (default: a pass over the data)")
+    a("--stage2-steps-per-epoch", type=int, help="generator steps per stage-2 epoch")
+    a("--batch-size", type=int, default=d.batch_size)
+    a("--lr", type=float, default=d.lr, help="Adam learning rate of G and D (stage 1)")
+    a("--stage2-lr", type=float, default=d.stage2_lr, help="generator learning rate in stage 2 (reference: 5e-6)")
+    a("--match-weight", "--lambda", dest="match_weight", type=float, default=d.match_weight)
+    a("--pool", nargs="+", default=d.pool, help="models pool (synthsets or timm names)")
+    a("--pool-width", type=int, help="width of ConvNet pool models (default 128)")
+    a("--inner-steps", type=int, default=d.inner_steps, help="SGD steps of the pool model per generator step")
+    a("--no-siamese", dest="siamese", action="store_false", help="per-index instead of one shared DSA draw")
+    a("--seed", type=int, default=d.seed)
+    a("--device", help="cuda, cuda:1, cpu (default: CUDA when present)")
+    a("--stage1-minutes", type=float, help="stop stage 1 after this many minutes (at an epoch boundary)")
+    a("--stage2-minutes", type=float, help="stop stage 2 after this many minutes (at an epoch boundary)")
+    a("--samples-per-class", type=int, default=d.samples_per_class)
+    a("--resume", action="store_true", help="continue from OUT/checkpoints/last.safetensors")
+    a("--push-to-hub", metavar="REPO_ID", help="upload the output folder to this Hub repo at the end")
+    a("--no-progress", dest="progress", action="store_false")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    tokens = list(argv if argv is not None else sys.argv[1:])
+    given = {
+        action.dest
+        for action in parser._actions
+        for option in action.option_strings
+        if any(t == option or t.startswith(option + "=") for t in tokens)
+    }
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(DistillConfig) if hasattr(args, f.name)}
+    config = apply_preset(DistillConfig(**values), explicit=given)
+    try:
+        out = distill(config, resume=args.resume)
+    except (FileNotFoundError, FileExistsError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"generator written to {out}; load it with synthsets.DiM({str(out)!r}, inpc=10)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

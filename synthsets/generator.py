@@ -1,0 +1,228 @@
+"""The DiM conditional generator (paper Fig. 4) and its Hub-style save/load.
+
+The generator maps a noise vector of ``noise_dim`` entries, whose first ``num_classes``
+entries are overwritten with the one-hot label, to an image in ``[-1, 1]``.
+A generator is stored as a folder laid out like a Hugging Face Hub model repo:
+``config.json`` (a :class:`GeneratorConfig`) and ``model.safetensors`` (the weights).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from . import hub
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+MODEL_TYPE = "dim-generator"
+
+
+@dataclass
+class GeneratorConfig:
+    """Everything needed to rebuild a generator and to turn its output into classifier input.
+
+    ``mean``/``std`` are the real dataset's per-channel statistics (in ``[0, 1]`` pixel
+    units), used by :class:`~synthsets.SyntheticDataset` to normalise generated images.
+    """
+
+    num_classes: int = 10
+    channels: int = 3
+    image_size: int = 32
+    noise_dim: int = 100
+    width: int = 196
+    dataset: str | None = None
+    classes: list[str] | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("num_classes", "channels", "image_size", "noise_dim", "width"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"GeneratorConfig.{name} must be a positive int, got {value!r}")
+        if self.num_classes < 2:
+            raise ValueError(f"GeneratorConfig.num_classes must be >= 2, got {self.num_classes}")
+        if self.image_size not in (28, 32):
+            raise ValueError(
+                f"GeneratorConfig.image_size must be 28 or 32 (the paper's sizes), got {self.image_size}; "
+                "resize your data to one of them"
+            )
+        if self.noise_dim < self.num_classes:
+            raise ValueError(
+                f"noise_dim ({self.noise_dim}) must be >= num_classes ({self.num_classes}): "
+                "the label is written one-hot over the first num_classes noise entries"
+            )
+        if self.classes is None:
+            self.classes = [str(i) for i in range(self.num_classes)]
+        if len(self.classes) != self.num_classes:
+            raise ValueError(f"{len(self.classes)} class names given for num_classes={self.num_classes}")
+        for name in ("mean", "std"):
+            stats = getattr(self, name)
+            if stats is None:
+                setattr(self, name, [0.5] * self.channels)
+            elif len(stats) != self.channels:
+                raise ValueError(f"GeneratorConfig.{name} needs {self.channels} values, got {stats!r}")
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"GeneratorConfig.std must be positive, got {self.std}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model_type": MODEL_TYPE, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "GeneratorConfig":
+        data = dict(data)
+        model_type = data.pop("model_type", MODEL_TYPE)
+        if model_type != MODEL_TYPE:
+            raise ValueError(f"config model_type is {model_type!r}, expected {MODEL_TYPE!r}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        extra = dict(data.pop("extra", {}) or {})
+        for key in unknown:  # keep unknown keys (newer versions) instead of failing
+            extra[key] = data.pop(key)
+        return cls(**data, extra=extra)
+
+
+def _block(conv: nn.Module, width: int) -> list[nn.Module]:
+    return [conv, nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+
+
+class Generator(nn.Module):
+    """Conditional DCGAN-style generator of DiM (an AC-GAN generator, 28x28 or 32x32 output)."""
+
+    def __init__(self, config: GeneratorConfig | None = None, **kwargs: Any) -> None:
+        super().__init__()
+        if config is None:
+            config = GeneratorConfig(**kwargs)
+        elif kwargs:
+            raise TypeError("pass either a GeneratorConfig or keyword arguments, not both")
+        self.config = config
+        w, c = config.width, config.channels
+        first_up = 4 if config.image_size == 32 else 3  # 4 -> 8 (32px) or 4 -> 7 (28px)
+        self.fc = nn.Sequential(
+            nn.Linear(config.noise_dim, w * 4 * 4), nn.BatchNorm1d(w * 4 * 4), nn.ReLU(inplace=True)
+        )
+        self.body = nn.Sequential(
+            *_block(nn.ConvTranspose2d(w, w, first_up, 2, 1), w),
+            *_block(nn.Conv2d(w, w, 3, 1, 1), w),
+            *_block(nn.Conv2d(w, w, 3, 1, 1), w),
+            *_block(nn.Conv2d(w, w, 3, 1, 1), w),
+            *_block(nn.ConvTranspose2d(w, w, 4, 2, 1), w),
+            *_block(nn.Conv2d(w, w, 3, 1, 1), w),
+            *_block(nn.ConvTranspose2d(w, w, 4, 2, 1), w),
+            nn.Conv2d(w, c, 3, 1, 1),
+            nn.Tanh(),
+        )
+
+    # -- properties -------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    @property
+    def noise_dim(self) -> int:
+        return self.config.noise_dim
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # -- generation -------------------------------------------------------------------
+    def make_noise(
+        self, labels: Tensor, generator: torch.Generator | None = None, noise: Tensor | None = None
+    ) -> Tensor:
+        """Noise vectors for ``labels`` with the one-hot label written over the first C entries."""
+        labels = labels.to(self.device, torch.long)
+        if noise is None:
+            noise = torch.randn(
+                labels.shape[0], self.noise_dim, device=self.device, generator=generator
+            )
+        noise = noise.clone()
+        noise[:, : self.num_classes] = nn.functional.one_hot(labels, self.num_classes).to(noise.dtype)
+        return noise
+
+    def forward(self, z: Tensor) -> Tensor:
+        """Map label-coded noise ``(N, noise_dim)`` to images ``(N, C, H, W)`` in ``[-1, 1]``."""
+        if z.dim() != 2 or z.shape[1] != self.noise_dim:
+            raise ValueError(f"expected noise of shape (N, {self.noise_dim}), got {tuple(z.shape)}")
+        x = self.fc(z).view(z.shape[0], self.config.width, 4, 4)
+        return self.body(x)
+
+    def generate(self, labels: Tensor | Sequence[int], generator: torch.Generator | None = None) -> Tensor:
+        """Images in ``[-1, 1]`` for the given labels (no augmentation, no normalisation)."""
+        labels = torch.as_tensor(labels, dtype=torch.long, device=self.device)
+        if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise ValueError(f"labels must lie in [0, {self.num_classes - 1}]")
+        return self(self.make_noise(labels, generator))
+
+    # -- persistence ------------------------------------------------------------------
+    def save_pretrained(self, save_directory: str | Path, dtype: torch.dtype | None = None) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` (optionally cast, e.g. fp16) atomically."""
+        directory = Path(save_directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        if dtype is not None:
+            state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+        hub.atomic_write_text(directory / CONFIG_NAME, json.dumps(self.config.to_dict(), indent=2) + "\n")
+        hub.save_weights(state, directory / WEIGHTS_NAME, metadata={"format": "pt", "model_type": MODEL_TYPE})
+        return directory
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained: str | Path,
+        *,
+        revision: str | None = None,
+        cache_dir: str | Path | None = None,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
+        force_download: bool = False,
+        map_location: str | torch.device = "cpu",
+    ) -> "Generator":
+        """Load from a short name (``"mnist"``), a local folder or a Hub repo id, strictly."""
+        folder = hub.resolve(
+            pretrained,
+            filenames=(CONFIG_NAME, WEIGHTS_NAME),
+            revision=revision,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+            token=token,
+            force_download=force_download,
+        )
+        config = GeneratorConfig.from_dict(hub.read_json(folder / CONFIG_NAME))
+        model = cls(config)
+        hub.load_weights_strict(model, folder / WEIGHTS_NAME)
+        model.source = str(pretrained)
+        return model.to(map_location).eval()
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        token: str | None = None,
+        private: bool | None = None,
+        commit_message: str = "Upload DiM generator",
+        extra_files: Sequence[str | Path] = (),
+    ) -> str:
+        """Upload ``config.json``, ``model.safetensors`` (and ``extra_files``) to a Hub model repo."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp)
+            for extra in extra_files:
+                src = Path(extra)
+                (Path(tmp) / src.name).write_bytes(src.read_bytes())
+            return hub.upload_folder(tmp, repo_id, token=token, private=private, commit_message=commit_message)
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (
+            f"dataset={c.dataset!r}, classes={c.num_classes}, channels={c.channels}, "
+            f"size={c.image_size}, width={c.width}, noise_dim={c.noise_dim}"
+        )

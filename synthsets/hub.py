@@ -1,0 +1,287 @@
+"""Finding, reading and publishing generators: bundled copies, local folders and the Hub.
+
+Resolution order for :func:`resolve` (used by ``Generator.from_pretrained`` and
+``synthsets.DiM``):
+
+1. an existing local folder;
+2. a short name (``"mnist"``, ``"cifar10"``, ``"dim-mnist"``...) of a generator bundled
+   with the package (the ``hub/`` folder of the source tree; no network);
+3. a short name's Hub repo (``synthsets/dim-<name>``) or any ``owner/name`` repo id,
+   downloaded through ``huggingface_hub`` (its cache, ``HF_HUB_OFFLINE``, tokens...).
+
+Weights are only ever read from safetensors files, with strict key and shape checks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+HUB_ORGANISATION = "synthsets"
+SHORT_NAME_PREFIX = "dim-"
+
+
+class WeightsError(RuntimeError):
+    """Weights that are missing, corrupt, or do not match the model they are loaded into."""
+
+
+class PretrainedNotFoundError(ValueError):
+    """A name, folder or repo id that does not resolve to a generator."""
+
+
+# -- small file helpers ---------------------------------------------------------------------
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PretrainedNotFoundError(f"{path} does not exist") from None
+    except json.JSONDecodeError as err:
+        raise WeightsError(f"{path} is not valid JSON ({err}); re-download or re-save it") from None
+
+
+def save_weights(state: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """Save a state dict as safetensors, atomically."""
+    from safetensors.torch import save
+
+    atomic_write_bytes(path, save(state, metadata=metadata))
+
+
+def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a safetensors file, turning any failure into a :class:`WeightsError` that names the file."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist")
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises its own error types for corrupt data
+        raise WeightsError(
+            f"{path} is not a readable safetensors file ({type(err).__name__}: {err}); "
+            "it may be truncated or corrupt: download it again (force_download=True) or re-save it"
+        ) from None
+
+
+def load_weights_strict(model: nn.Module, path: str | Path) -> None:
+    """Load safetensors weights into ``model``; every key must exist with the right shape."""
+    state = load_safetensors(path)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    problems = []
+    if missing:
+        problems.append(f"missing tensors: {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"unexpected tensors: {', '.join(unexpected)}")
+    for key in sorted(set(state) & set(expected)):
+        if state[key].shape != expected[key].shape:
+            problems.append(
+                f"tensor {key!r} has shape {tuple(state[key].shape)}, "
+                f"the model expects {tuple(expected[key].shape)}"
+            )
+        elif state[key].is_floating_point() != expected[key].is_floating_point():
+            problems.append(f"tensor {key!r} has dtype {state[key].dtype}, expected {expected[key].dtype}")
+    if problems:
+        raise WeightsError(
+            f"weights in {path} do not match the model built from its config.json: "
+            + "; ".join(problems)
+            + ". Check that config.json and model.safetensors come from the same generator."
+        )
+    with torch.no_grad():
+        for key, tensor in state.items():
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise WeightsError(f"tensor {key!r} in {path} contains NaN or infinite values")
+            expected[key].copy_(tensor.to(expected[key].dtype))
+
+
+# -- bundled generators ---------------------------------------------------------------------
+def bundled_dir() -> Path | None:
+    """Folder holding the generators bundled with the package (installed or source tree)."""
+    try:
+        from importlib.resources import files
+
+        root = Path(str(files("synthsets._bundled")))
+        if root.is_dir():
+            return root
+    except (ModuleNotFoundError, TypeError):
+        pass
+    source_tree = Path(__file__).resolve().parent.parent / "hub"
+    return source_tree if source_tree.is_dir() else None
+
+
+def _bundled_models() -> dict[str, Path]:
+    root = bundled_dir()
+    if root is None:
+        return {}
+    return {
+        p.name: p
+        for p in sorted(root.iterdir())
+        if p.is_dir() and (p / "config.json").is_file() and (p / "model.safetensors").is_file()
+    }
+
+
+def list_pretrained() -> list[str]:
+    """Short names of the generators bundled with this installation (e.g. ``["cifar10", "mnist"]``)."""
+    return sorted(_short_name(name) for name in _bundled_models())
+
+
+def _short_name(folder_name: str) -> str:
+    return folder_name[len(SHORT_NAME_PREFIX):] if folder_name.startswith(SHORT_NAME_PREFIX) else folder_name
+
+
+def _normalise_name(name: str) -> str:
+    return _short_name(name.strip().lower().replace("_", "-")).replace("-", "")
+
+
+def _find_bundled(name: str) -> Path | None:
+    wanted = _normalise_name(name)
+    for folder_name, path in _bundled_models().items():
+        if _normalise_name(folder_name) == wanted:
+            return path
+    return None
+
+
+def hub_repo_id(name: str) -> str:
+    """The Hub repo id a short name maps to (``"mnist"`` -> ``"synthsets/dim-mnist"``)."""
+    return f"{HUB_ORGANISATION}/{SHORT_NAME_PREFIX}{_short_name(name.strip().lower())}"
+
+
+# -- resolution -----------------------------------------------------------------------------
+def resolve(
+    name_or_path: str | Path,
+    filenames: Iterable[str] = ("config.json", "model.safetensors"),
+    *,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    local_files_only: bool = False,
+    token: str | bool | None = None,
+    force_download: bool = False,
+) -> Path:
+    """Return a local folder holding ``filenames`` for a folder, short name or Hub repo id."""
+    filenames = tuple(filenames)
+    if not isinstance(name_or_path, (str, Path)) or not str(name_or_path).strip():
+        raise TypeError(
+            f"expected a generator name, folder or Hub repo id (str or Path), got {name_or_path!r}"
+        )
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        missing = [f for f in filenames if not (path / f).is_file()]
+        if missing:
+            raise PretrainedNotFoundError(
+                f"folder {path} is not a synthsets generator: it lacks {', '.join(missing)} "
+                "(save one with Generator.save_pretrained or python -m synthsets.distill)"
+            )
+        return path
+    text = str(name_or_path).strip()
+    if revision is None and not force_download:
+        bundled = _find_bundled(text)
+        if bundled is not None:
+            return bundled
+    if isinstance(name_or_path, Path) or text.startswith((".", "/", "~")) or text.count("/") > 1:
+        raise PretrainedNotFoundError(f"no such folder: {path}")
+    repo_id = text if "/" in text else hub_repo_id(text)
+    try:
+        return _download(repo_id, filenames, revision, cache_dir, local_files_only, token, force_download)
+    except PretrainedNotFoundError as err:
+        if "/" in text:
+            raise
+        raise PretrainedNotFoundError(
+            f"unknown generator {text!r}: not a folder, not bundled (bundled: {list_pretrained() or 'none'}), "
+            f"and its Hub repo {repo_id!r} could not be used ({err})"
+        ) from None
+
+
+def _download(
+    repo_id: str,
+    filenames: tuple[str, ...],
+    revision: str | None,
+    cache_dir: str | Path | None,
+    local_files_only: bool,
+    token: str | bool | None,
+    force_download: bool,
+) -> Path:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub import errors as hf_errors
+
+    folder: Path | None = None
+    for filename in filenames:
+        try:
+            local = hf_hub_download(
+                repo_id,
+                filename,
+                revision=revision,
+                cache_dir=cache_dir,
+                local_files_only=local_files_only,
+                token=token,
+                force_download=force_download,
+            )
+        except hf_errors.RepositoryNotFoundError:
+            raise PretrainedNotFoundError(
+                f"Hub repo {repo_id!r} does not exist or is private (pass token= or log in with `hf auth login`)"
+            ) from None
+        except hf_errors.RevisionNotFoundError:
+            raise PretrainedNotFoundError(f"Hub repo {repo_id!r} has no revision {revision!r}") from None
+        except hf_errors.EntryNotFoundError:
+            raise PretrainedNotFoundError(
+                f"Hub repo {repo_id!r} has no {filename}; is it a synthsets generator?"
+            ) from None
+        except hf_errors.LocalEntryNotFoundError:
+            raise PretrainedNotFoundError(
+                f"{filename} of Hub repo {repo_id!r} is not in the local cache and the Hub cannot be "
+                "reached (offline mode HF_HUB_OFFLINE=1, local_files_only=True, or no network); "
+                "connect once to download it, or pass a local folder"
+            ) from None
+        except (OSError, ValueError) as err:
+            raise PretrainedNotFoundError(f"could not download {filename} from {repo_id!r}: {err}") from None
+        folder = Path(local).parent
+    assert folder is not None
+    return folder
+
+
+def upload_folder(
+    folder: str | Path,
+    repo_id: str,
+    *,
+    token: str | None = None,
+    private: bool | None = None,
+    commit_message: str = "Upload DiM generator",
+) -> str:
+    """Create ``repo_id`` if needed and upload ``folder`` to it; returns the commit URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    info = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(folder),
+        repo_type="model",
+        commit_message=commit_message,
+        ignore_patterns=["checkpoints/*", "*.tmp", "checkpoint*.pt", "*.safetensors.tmp"],
+    )
+    return str(getattr(info, "commit_url", info))

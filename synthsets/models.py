@@ -1,0 +1,463 @@
+"""Classifier architectures used by DiM and a small timm-like model registry.
+
+The models are the small networks of the dataset-condensation literature that DiM
+uses for its stage-2 "models pool" (ConvNet-3, ResNet-10/18 and their average-pool
+variants) and for cross-architecture evaluation (VGG-11, AlexNet).
+
+    >>> from synthsets.models import create_model, list_models, POOL
+    >>> net = create_model("ConvNet-3", num_classes=10, channels=1, image_size=28)
+    >>> net = create_model("resnet18_ap", num_classes=10)
+    >>> net = create_model("mobilenetv3_small_050", num_classes=10)   # any timm name
+
+Names are case-insensitive and ignore ``-`` / ``_`` ("ResNet18-AP" == "resnet18_ap").
+Names not registered here are passed on to ``timm.create_model`` (never pretrained).
+
+All models accept images of ``image_size`` pixels. ConvNet, VGG and AlexNet
+zero-pad inputs smaller than 32 pixels (e.g. 28x28 MNIST) to 32x32 inside
+``forward``, so their 32x32 classifier heads apply unchanged; the ResNets end in
+global average pooling and take any size as is.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = [
+    "POOL",
+    "register_model",
+    "create_model",
+    "list_models",
+    "ConvNet",
+    "BasicBlock",
+    "ResNet",
+    "VGG",
+    "AlexNet",
+]
+
+#: The DiM models pool (paper Sec. 3.3): ConvNet-3, ResNet-10, ResNet-18 and the
+#: average-pooling variants of the ResNets.
+POOL: Tuple[str, ...] = ("convnet3", "resnet10", "resnet18", "resnet10_ap", "resnet18_ap")
+
+_MIN_SIZE = 32  # the architectures below are designed for 32x32 inputs
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _check_positive_int(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{what} must be a positive int, got {value!r}")
+    return value
+
+
+def _check_args(num_classes, channels, image_size) -> None:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+    _check_positive_int(channels, "channels (1 for grayscale, 3 for RGB)")
+    _check_positive_int(image_size, "image_size")
+
+
+def _padded_size(image_size: int) -> int:
+    return max(image_size, _MIN_SIZE)
+
+
+def _pad_to_min(x: torch.Tensor, size: int = _MIN_SIZE) -> torch.Tensor:
+    """Zero-pad the spatial dims of ``x`` (N, C, H, W) symmetrically up to ``size``."""
+    h, w = x.shape[-2:]
+    if h >= size and w >= size:
+        return x
+    dh, dw = max(size - h, 0), max(size - w, 0)
+    return F.pad(x, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2))
+
+
+def _norm2d(norm: str, c: int) -> nn.Module:
+    """Normalisation layer by name, as in the dataset-condensation code."""
+    key = norm.lower().replace("-", "").replace("_", "")
+    if key == "instancenorm":
+        # "instance norm" with learnable affine parameters, one group per channel
+        return nn.GroupNorm(c, c, affine=True)
+    if key == "batchnorm":
+        return nn.BatchNorm2d(c)
+    if key in ("none", ""):
+        return nn.Identity()
+    raise ValueError(f"unknown norm {norm!r}; expected 'instancenorm', 'batchnorm' or 'none'")
+
+
+# --------------------------------------------------------------------------- models
+
+
+class ConvNet(nn.Module):
+    """ConvNet-D: ``depth`` blocks of Conv3x3(width) + norm + ReLU + AvgPool(2), then Linear.
+
+    The standard model of dataset condensation (ConvNet-3 with width 128 and instance
+    norm). Inputs smaller than 32 px are zero-padded to 32, so 28x28 images give the
+    same 4x4 final feature map as 32x32 ones.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        channels: int = 3,
+        image_size: int = 32,
+        width: int = 128,
+        depth: int = 3,
+        norm: str = "instancenorm",
+    ) -> None:
+        super().__init__()
+        _check_args(num_classes, channels, image_size)
+        _check_positive_int(width, "width")
+        _check_positive_int(depth, "depth")
+        self.num_classes = num_classes
+        self.channels = channels
+        self.image_size = image_size
+
+        size = _padded_size(image_size)
+        layers: List[nn.Module] = []
+        c_in = channels
+        for _ in range(depth):
+            if size < 2:
+                raise ValueError(
+                    f"ConvNet depth {depth} is too deep for image_size {image_size}"
+                )
+            layers += [
+                nn.Conv2d(c_in, width, kernel_size=3, padding=1),
+                _norm2d(norm, width),
+                nn.ReLU(inplace=True),
+                nn.AvgPool2d(kernel_size=2, stride=2),
+            ]
+            c_in = width
+            size //= 2
+        self.features = nn.Sequential(*layers)
+        self.feature_size = size
+        self.feature_dim = width * size * size
+        self.classifier = nn.Linear(self.feature_dim, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Flattened features fed to the classifier."""
+        return torch.flatten(self.features(_pad_to_min(x)), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block (two 3x3 convs + identity/projection shortcut).
+
+    With ``avgpool=True`` a downsampling block uses stride-1 convolutions followed by
+    ``AvgPool2d(2)`` instead of stride-2 convolutions, in both the main path and the
+    shortcut (the "AP" ResNets of the dataset-condensation literature).
+    """
+
+    expansion = 1
+
+    def __init__(
+        self, c_in: int, c_out: int, stride: int = 1, norm: str = "batchnorm", avgpool: bool = False
+    ) -> None:
+        super().__init__()
+        down = stride != 1
+        if avgpool and down:
+            self.conv1 = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 3, stride=1, padding=1, bias=False),
+                nn.AvgPool2d(kernel_size=2, stride=2),
+            )
+        else:
+            self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = _norm2d(norm, c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, stride=1, padding=1, bias=False)
+        self.bn2 = _norm2d(norm, c_out)
+
+        if down or c_in != c_out:
+            if avgpool and down:
+                proj: List[nn.Module] = [
+                    nn.Conv2d(c_in, c_out, 1, stride=1, bias=False),
+                    nn.AvgPool2d(kernel_size=2, stride=2),
+                ]
+            else:
+                proj = [nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False)]
+            self.shortcut = nn.Sequential(*proj, _norm2d(norm, c_out))
+        else:
+            self.shortcut = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """Small CIFAR-style ResNet (ResNet-10 / ResNet-18 of the condensation literature).
+
+    Stem Conv3x3(channels -> widths[0], stride 1) + norm + ReLU, four stages of
+    ``blocks[i]`` BasicBlocks with ``widths`` (default 32, 64, 128, 256) and strides
+    1, 2, 2, 2, global average pooling and a linear classifier. ``avgpool=True`` gives
+    the "AP" variant, downsampling with average pooling instead of strided convs.
+    Any input size works (no padding needed thanks to the global pooling).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        channels: int = 3,
+        image_size: int = 32,
+        blocks: Tuple[int, ...] = (2, 2, 2, 2),
+        widths: Tuple[int, ...] = (32, 64, 128, 256),
+        norm: str = "batchnorm",
+        avgpool: bool = False,
+    ) -> None:
+        super().__init__()
+        _check_args(num_classes, channels, image_size)
+        if len(blocks) != len(widths) or not blocks:
+            raise ValueError("blocks and widths must be non-empty and of equal length")
+        self.num_classes = num_classes
+        self.channels = channels
+        self.image_size = image_size
+
+        self.stem = nn.Sequential(
+            nn.Conv2d(channels, widths[0], 3, stride=1, padding=1, bias=False),
+            _norm2d(norm, widths[0]),
+            nn.ReLU(inplace=True),
+        )
+        stages = []
+        c_in = widths[0]
+        for i, (n, w) in enumerate(zip(blocks, widths)):
+            _check_positive_int(n, "blocks per stage")
+            stride = 1 if i == 0 else 2
+            layer = []
+            for j in range(n):
+                layer.append(BasicBlock(c_in, w, stride if j == 0 else 1, norm, avgpool))
+                c_in = w
+            stages.append(nn.Sequential(*layer))
+        self.layers = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.feature_dim = c_in
+        self.classifier = nn.Linear(c_in, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Globally pooled features fed to the classifier."""
+        x = self.layers(self.stem(x))
+        return torch.flatten(self.pool(x), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
+
+
+_VGG11_CFG = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+
+
+class VGG(nn.Module):
+    """VGG-11 for 32x32 images: Conv3x3 + instance norm + ReLU blocks with MaxPool(2).
+
+    Five max-pools take a 32x32 input to 1x1x512, followed by Linear(512 -> classes).
+    Inputs smaller than 32 px are zero-padded to 32.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        channels: int = 3,
+        image_size: int = 32,
+        cfg: Tuple = _VGG11_CFG,
+        norm: str = "instancenorm",
+    ) -> None:
+        super().__init__()
+        _check_args(num_classes, channels, image_size)
+        self.num_classes = num_classes
+        self.channels = channels
+        self.image_size = image_size
+
+        size = _padded_size(image_size)
+        layers: List[nn.Module] = []
+        c_in = channels
+        for v in cfg:
+            if v == "M":
+                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+                size //= 2
+            else:
+                layers += [nn.Conv2d(c_in, v, 3, padding=1), _norm2d(norm, v), nn.ReLU(inplace=True)]
+                c_in = v
+        if size < 1:
+            raise ValueError(f"image_size {image_size} is too small for this VGG")
+        self.features = nn.Sequential(*layers)
+        self.feature_dim = c_in * size * size
+        self.classifier = nn.Linear(self.feature_dim, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Flattened features fed to the classifier."""
+        return torch.flatten(self.features(_pad_to_min(x)), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
+
+
+class AlexNet(nn.Module):
+    """AlexNet sized for 32x32 images (as in the dataset-condensation literature).
+
+    Conv5(128) MaxPool, Conv5(192) MaxPool, Conv3(256), Conv3(192), Conv3(192) MaxPool,
+    then Linear(192*4*4 -> classes). Inputs smaller than 32 px are zero-padded to 32.
+    """
+
+    def __init__(self, num_classes: int, channels: int = 3, image_size: int = 32) -> None:
+        super().__init__()
+        _check_args(num_classes, channels, image_size)
+        self.num_classes = num_classes
+        self.channels = channels
+        self.image_size = image_size
+
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, 128, kernel_size=5, stride=1, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=2, stride=2),
+            nn.Conv2d(128, 192, kernel_size=5, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=2, stride=2),
+            nn.Conv2d(192, 256, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(256, 192, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(192, 192, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=2, stride=2),
+        )
+        size = _padded_size(image_size) // 8
+        self.feature_dim = 192 * size * size
+        self.classifier = nn.Linear(self.feature_dim, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Flattened features fed to the classifier."""
+        return torch.flatten(self.features(_pad_to_min(x)), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
+
+
+# --------------------------------------------------------------------------- registry
+
+_REGISTRY: Dict[str, Callable[..., nn.Module]] = {}  # registered name -> builder
+_KEYS: Dict[str, str] = {}  # normalised key -> registered name
+
+
+def _key(name: str) -> str:
+    return name.lower().replace("-", "").replace("_", "")
+
+
+def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator registering ``fn(num_classes, channels, image_size, **kw) -> nn.Module``.
+
+    ``name`` is stored lower-case with ``-`` turned into ``_``; lookups ignore case
+    and ``-``/``_``. Registering a new builder under a name that is taken raises
+    ``ValueError``.
+    """
+    if not isinstance(name, str) or not _key(name):
+        raise ValueError(f"model name must be a non-empty string, got {name!r}")
+    canonical = name.lower().replace("-", "_")
+    key = _key(name)
+
+    def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if not callable(fn):
+            raise TypeError(f"register_model({name!r}) must decorate a callable")
+        old_name = _KEYS.get(key)
+        if old_name is not None:
+            old = _REGISTRY[old_name]
+            same = (getattr(old, "__module__", None), getattr(old, "__qualname__", None)) == (
+                getattr(fn, "__module__", None),
+                getattr(fn, "__qualname__", None),
+            )
+            if not same:  # re-registration of the same function (module reload) is fine
+                raise ValueError(f"model name {name!r} is already registered as {old_name!r}")
+            del _REGISTRY[old_name]
+        _REGISTRY[canonical] = fn
+        _KEYS[key] = canonical
+        return fn
+
+    return decorator
+
+
+def list_models(pool_only: bool = False) -> List[str]:
+    """Registered synthsets model names (sorted), or the DiM models pool in pool order."""
+    if pool_only:
+        return list(POOL)
+    return sorted(_REGISTRY)
+
+
+def create_model(
+    name: str, num_classes: int, channels: int = 3, image_size: int = 32, **kwargs
+) -> nn.Module:
+    """Build a randomly initialised classifier by name.
+
+    Registered synthsets models (see ``list_models()``) are built with
+    ``(num_classes, channels, image_size, **kwargs)``. Any other name is handed to
+    ``timm.create_model(name, pretrained=False, num_classes=num_classes,
+    in_chans=channels, **kwargs)``; ``image_size`` is not passed to timm (give e.g.
+    ``img_size=`` in ``kwargs`` for models that need it).
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"model name must be a non-empty string, got {name!r}")
+    _check_args(num_classes, channels, image_size)
+    name = name.strip()
+
+    registered = _KEYS.get(_key(name))
+    if registered is not None:
+        return _REGISTRY[registered](
+            num_classes=num_classes, channels=channels, image_size=image_size, **kwargs
+        )
+
+    try:
+        import timm
+    except ImportError:  # pragma: no cover - timm is a dependency, but stay helpful
+        timm = None
+    if timm is not None:
+        for candidate in dict.fromkeys((name, name.lower())):
+            if timm.is_model(candidate):
+                return timm.create_model(
+                    candidate, pretrained=False, num_classes=num_classes, in_chans=channels, **kwargs
+                )
+    hint = "any timm model name (timm.list_models())" if timm is not None else (
+        "any timm model name once timm is installed"
+    )
+    raise ValueError(f"unknown model {name!r}; synthsets models: {list_models()}; or {hint}")
+
+
+@register_model("convnet3")
+def convnet3(num_classes: int, channels: int = 3, image_size: int = 32, **kw) -> nn.Module:
+    """ConvNet-3 (width 128, instance norm, average pooling)."""
+    kw.setdefault("depth", 3)
+    return ConvNet(num_classes, channels, image_size, **kw)
+
+
+@register_model("resnet10")
+def resnet10(num_classes: int, channels: int = 3, image_size: int = 32, **kw) -> nn.Module:
+    """ResNet-10: one BasicBlock per stage, strided downsampling."""
+    return ResNet(num_classes, channels, image_size, blocks=(1, 1, 1, 1), **kw)
+
+
+@register_model("resnet18")
+def resnet18(num_classes: int, channels: int = 3, image_size: int = 32, **kw) -> nn.Module:
+    """ResNet-18: two BasicBlocks per stage, strided downsampling."""
+    return ResNet(num_classes, channels, image_size, blocks=(2, 2, 2, 2), **kw)
+
+
+@register_model("resnet10_ap")
+def resnet10_ap(num_classes: int, channels: int = 3, image_size: int = 32, **kw) -> nn.Module:
+    """ResNet-10-AP: downsampling by stride-1 convs + AvgPool2d(2)."""
+    return ResNet(num_classes, channels, image_size, blocks=(1, 1, 1, 1), avgpool=True, **kw)
+
+
+@register_model("resnet18_ap")
+def resnet18_ap(num_classes: int, channels: int = 3, image_size: int = 32, **kw) -> nn.Module:
+    """ResNet-18-AP: downsampling by stride-1 convs + AvgPool2d(2)."""
+    return ResNet(num_classes, channels, image_size, blocks=(2, 2, 2, 2), avgpool=True, **kw)
+
+
+@register_model("vgg11")
+def vgg11(num_classes: int, channels: int = 3, image_size: int = 32, **kw) -> nn.Module:
+    """VGG-11 with instance norm, for 32x32 images."""
+    return VGG(num_classes, channels, image_size, **kw)
+
+
+@register_model("alexnet")
+def alexnet(num_classes: int, channels: int = 3, image_size: int = 32, **kw) -> nn.Module:
+    """AlexNet sized for 32x32 images."""
+    return AlexNet(num_classes, channels, image_size, **kw)

@@ -1,0 +1,181 @@
+import pytest
+import torch
+import torch.nn as nn
+
+from synthsets.models import (
+    POOL,
+    BasicBlock,
+    ConvNet,
+    create_model,
+    list_models,
+    register_model,
+)
+
+ALL = list_models()
+CONFIGS = [(1, 28), (3, 32)]
+
+
+def test_expected_models_registered():
+    for name in ("convnet3", "resnet10", "resnet18", "resnet10_ap", "resnet18_ap", "vgg11", "alexnet"):
+        assert name in ALL
+
+
+@pytest.mark.parametrize("channels,image_size", CONFIGS)
+@pytest.mark.parametrize("name", ALL)
+def test_forward_backward(name, channels, image_size):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=7, channels=channels, image_size=image_size)
+    assert model.num_classes == 7
+    params = list(model.parameters())
+    assert params and all(torch.isfinite(p).all() for p in params)
+
+    x = torch.randn(2, channels, image_size, image_size)
+    y = torch.tensor([0, 6])
+    out = model(x)
+    assert out.shape == (2, 7)
+    assert torch.isfinite(out).all()
+    nn.functional.cross_entropy(out, y).backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, f"{name}: no grad for {pname}"
+        assert torch.isfinite(p.grad).all(), f"{name}: non-finite grad for {pname}"
+    assert any(p.grad.abs().sum() > 0 for p in params)
+
+
+def test_name_normalisation():
+    a = create_model("ConvNet-3", num_classes=10)
+    b = create_model("RESNET18_AP", num_classes=10)
+    c = create_model("ResNet18-AP", num_classes=10)
+    assert isinstance(a, ConvNet)
+    assert type(b) is type(c)
+    assert sum(isinstance(m, nn.AvgPool2d) for m in b.modules()) > 0
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert n(b) == n(c) == n(create_model("resnet18_ap", num_classes=10))
+
+
+def test_pool():
+    assert set(POOL) <= set(list_models())
+    assert list_models(pool_only=True) == list(POOL)
+    assert POOL == ("convnet3", "resnet10", "resnet18", "resnet10_ap", "resnet18_ap")
+    assert list_models() == sorted(list_models())
+
+
+def _n_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_resnet_depths():
+    r10 = create_model("resnet10", num_classes=10)
+    r18 = create_model("resnet18", num_classes=10)
+    assert _n_params(r10) < _n_params(r18)
+    assert sum(isinstance(m, BasicBlock) for m in r18.modules()) == 8
+    assert sum(isinstance(m, BasicBlock) for m in r10.modules()) == 4
+    # widths 32, 64, 128, 256 with a stem of 32 channels
+    assert r18.stem[0].out_channels == 32
+    assert r18.classifier.in_features == 256
+    assert isinstance(r18.stem[1], nn.BatchNorm2d)
+
+
+@pytest.mark.parametrize("name", ["resnet10_ap", "resnet18_ap"])
+def test_ap_variants(name):
+    model = create_model(name, num_classes=10)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(c.stride == (1, 1) for c in convs)
+    # one AvgPool2d in the main path and one in the shortcut for each of 3 downsamplings
+    assert sum(isinstance(m, nn.AvgPool2d) for m in model.modules()) == 6
+    # spatial size still shrinks 32 -> 4 before the global pool
+    feats = model.layers(model.stem(torch.randn(1, 3, 32, 32)))
+    assert feats.shape == (1, 256, 4, 4)
+
+
+def test_plain_resnet_uses_strided_convs():
+    model = create_model("resnet18", num_classes=10)
+    assert any(m.stride == (2, 2) for m in model.modules() if isinstance(m, nn.Conv2d))
+    assert not any(isinstance(m, nn.AvgPool2d) for m in model.modules())
+
+
+def test_convnet3_feature_size():
+    m28 = create_model("convnet3", num_classes=10, channels=1, image_size=28)
+    assert m28.classifier.in_features == 128 * 4 * 4
+    assert m28.embed(torch.randn(2, 1, 28, 28)).shape == (2, 128 * 16)
+    m32 = create_model("convnet3", num_classes=10)
+    assert m32.classifier.in_features == 128 * 16
+    assert sum(isinstance(m, nn.GroupNorm) for m in m32.modules()) == 3
+    m64 = create_model("convnet3", num_classes=10, image_size=64)
+    assert m64.classifier.in_features == 128 * 8 * 8
+    assert m64(torch.randn(1, 3, 64, 64)).shape == (1, 10)
+
+
+def test_convnet_options():
+    m = create_model("convnet3", num_classes=5, width=16, depth=4, norm="batchnorm")
+    assert m.classifier.in_features == 16 * 2 * 2
+    assert sum(isinstance(x, nn.BatchNorm2d) for x in m.modules()) == 4
+    m = create_model("convnet3", num_classes=5, width=8, norm="none")
+    assert not any(isinstance(x, (nn.BatchNorm2d, nn.GroupNorm)) for x in m.modules())
+    with pytest.raises(ValueError, match="norm"):
+        create_model("convnet3", num_classes=5, norm="whatever")
+
+
+def test_vgg_and_alexnet_heads():
+    assert create_model("vgg11", num_classes=10, channels=1, image_size=28).classifier.in_features == 512
+    assert create_model("alexnet", num_classes=10).classifier.in_features == 192 * 4 * 4
+
+
+def test_timm_fallback():
+    timm = pytest.importorskip("timm")
+    model = create_model("mobilenetv3_small_050", num_classes=10, channels=1)
+    assert not isinstance(model, (ConvNet,))
+    assert type(model).__module__.startswith("timm.")
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 1, 32, 32))
+    assert out.shape == (2, 10)
+    assert timm.is_model("mobilenetv3_small_050")
+
+
+def test_unknown_model():
+    with pytest.raises(ValueError) as info:
+        create_model("definitely_not_a_model_xyz", num_classes=10)
+    msg = str(info.value)
+    assert "definitely_not_a_model_xyz" in msg
+    for name in POOL:
+        assert name in msg
+    assert "timm" in msg
+
+
+@pytest.mark.parametrize("bad", [1, 0, -3, 2.5, "10", True, None])
+def test_bad_num_classes(bad):
+    with pytest.raises(ValueError, match="num_classes"):
+        create_model("convnet3", num_classes=bad)
+
+
+@pytest.mark.parametrize("kw,word", [({"channels": 0}, "channels"), ({"channels": 1.0}, "channels"),
+                                     ({"image_size": 0}, "image_size"), ({"image_size": "32"}, "image_size")])
+def test_bad_channels_image_size(kw, word):
+    with pytest.raises(ValueError, match=word):
+        create_model("resnet10", num_classes=10, **kw)
+
+
+def test_bad_name_type():
+    with pytest.raises(ValueError):
+        create_model("", num_classes=10)
+    with pytest.raises(ValueError):
+        create_model(None, num_classes=10)
+
+
+def test_register_model():
+    @register_model("Tiny-Test_Net")
+    def tiny(num_classes, channels=3, image_size=32, **kw):
+        return ConvNet(num_classes, channels, image_size, width=4, depth=1, **kw)
+
+    try:
+        assert "tiny_test_net" in list_models()
+        m = create_model("TINYTESTNET", num_classes=3, channels=1, image_size=28, norm="none")
+        assert m(torch.randn(1, 1, 28, 28)).shape == (1, 3)
+        with pytest.raises(ValueError, match="already registered"):
+            register_model("tiny-test-net")(lambda **kw: None)
+    finally:
+        import synthsets.models as sm
+
+        sm._REGISTRY.pop("tiny_test_net", None)
+        sm._KEYS.pop("tinytestnet", None)
+    assert "tiny_test_net" not in list_models()
