@@ -44,18 +44,25 @@ def DiM(
     cache_dir: str | Path | None = None,
     local_files_only: bool = False,
     token: str | bool | None = None,
+    force_download: bool = False,
     **dataset_kwargs: Any,
 ) -> SyntheticDataset:
     """A :class:`SyntheticDataset` over a pretrained DiM generator.
 
     ``name_or_path`` is a bundled short name (see :func:`list_pretrained`), a local folder
     saved by ``Generator.save_pretrained`` / ``synthsets.distill``, or a Hub repo id.
-    Extra keyword arguments go to :class:`SyntheticDataset` (``augment``, ``device``,
-    ``seed``, ``transform``...).
+    ``revision``, ``cache_dir``, ``local_files_only``, ``token`` and ``force_download``
+    are passed to ``huggingface_hub`` for Hub repos. Extra keyword arguments go to
+    :class:`SyntheticDataset` (``augment``, ``device``, ``seed``, ``transform``...).
     """
     if isinstance(inpc, bool) or not isinstance(inpc, int) or inpc <= 0:
         raise ValueError(f"inpc (images per class) must be a positive int, got {inpc!r}")
     generator = Generator.from_pretrained(
-        name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token
+        name_or_path,
+        revision=revision,
+        cache_dir=cache_dir,
+        local_files_only=local_files_only,
+        token=token,
+        force_download=force_download,
     )
     return SyntheticDataset(generator, inpc, **dataset_kwargs)

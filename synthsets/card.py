@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
 
 RESULTS_BEGIN = "<!-- synthsets:results:begin -->"
 RESULTS_END = "<!-- synthsets:results:end -->"
+
+
+def _yaml_scalar(value: str) -> str:
+    """``value`` as a YAML scalar: plain when safe, else double-quoted (JSON strings are YAML)."""
+    text = str(value)
+    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/-]*", text) and text.lower() not in {"true", "false", "yes", "no", "null", "on", "off"}:
+        return text
+    return json.dumps(text)
 
 
 def _front_matter(dataset: str, metrics: list[dict[str, Any]] | None = None) -> str:
@@ -22,7 +31,7 @@ def _front_matter(dataset: str, metrics: list[dict[str, Any]] | None = None) -> 
         "- conditional-gan",
         "- image-classification",
         "datasets:",
-        f"- {dataset}",
+        f"- {_yaml_scalar(dataset)}",
     ]
     if metrics:
         lines.append("metrics:")
@@ -57,7 +66,7 @@ train = synthsets.DiM("path/or/repo", inpc=10)   # 10 images per class per epoch
 
 ## Training
 
-Trained with `python -m synthsets.distill` on {real.source or real.name}: {epochs_done} epochs
+Trained with `python -m synthsets.distill` on {real.name}: {epochs_done} epochs
 completed, wall time {wall}.
 
 | setting | value |

@@ -19,8 +19,11 @@ from .hub import WeightsError, atomic_write_bytes, load_safetensors
 def _flatten(prefix: str, value: Any, tensors: dict[str, Tensor], skeleton: dict) -> Any:
     """Move tensors of a nested dict/list into ``tensors``; return a JSON skeleton."""
     if isinstance(value, Tensor):
-        key = f"{prefix}"
-        tensors[key] = value.detach().cpu().contiguous()
+        key, n = prefix, 1
+        while key in tensors:  # e.g. a dict key "a.b" next to nested "a" -> "b"
+            key, n = f"{prefix}#{n}", n + 1
+        # a copy: safetensors refuses tensors that share storage
+        tensors[key] = value.detach().to("cpu", copy=True).contiguous()
         return {"__tensor__": key}
     if isinstance(value, dict):
         return {"__dict__": [[_json_key(k), _flatten(f"{prefix}.{k}", v, tensors, skeleton)] for k, v in value.items()]}

@@ -89,9 +89,16 @@ def _to_uint8_tensor(dataset, size: int | None, desc: str) -> tuple[Tensor, Tens
             array = array.permute(0, 3, 1, 2)
         return array.contiguous().to(torch.uint8), torch.as_tensor(np.asarray(targets), dtype=torch.long)
     images, labels = [], []
+    first_size = None
     for image, label in tqdm(dataset, desc=desc, leave=False, mininterval=1.0):
         if size is not None and image.size != (size, size):
-            image = image.resize((size, size))
+            image = image.resize((size, size), resample=_BICUBIC)
+        first_size = first_size or image.size
+        if image.size != first_size:
+            raise ValueError(
+                f"{desc}: images differ in size ({first_size[0]}x{first_size[1]} and {image.size[0]}x{image.size[1]}); "
+                "pass image_size (--image-size 28 or 32) to resize them all"
+            )
         array = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
         images.append(array.unsqueeze(0) if array.dim() == 2 else array.permute(2, 0, 1))
         labels.append(int(label))
@@ -100,16 +107,44 @@ def _to_uint8_tensor(dataset, size: int | None, desc: str) -> tuple[Tensor, Tens
     return torch.stack(images), torch.tensor(labels, dtype=torch.long)
 
 
+_GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+
+
+def _bicubic():
+    from PIL import Image
+
+    return getattr(Image, "Resampling", Image).BICUBIC
+
+
+_BICUBIC = _bicubic()
+
+
 def _image_folder(path: Path, size: int | None, channels: int | None):
     from torchvision.datasets import ImageFolder
 
-    mode = {1: "L", 3: "RGB", None: "RGB"}[channels]
+    if channels not in (None, 1, 3):
+        raise ValueError(f"channels must be 1, 3 or None (detect), got {channels!r}")
     if not any(p.is_dir() for p in path.iterdir()):
         raise DataNotFoundError(f"{path} has no class sub-folders (expected {path}/<class>/<image>)")
-    return ImageFolder(str(path), loader=lambda p: _open_image(p, mode))
+    try:
+        folder = ImageFolder(str(path), loader=_open_image)
+    except FileNotFoundError as err:  # class folders without any image file
+        raise DataNotFoundError(f"{path}: {err}") from None
+    if channels is None:  # grey only if every image is grey (reads headers, not pixels)
+        channels = 1 if all(_image_mode(p) in _GREY_MODES for p, _ in folder.samples) else 3
+    mode = "L" if channels == 1 else "RGB"
+    folder.loader = lambda p: _open_image(p, mode)
+    return folder
 
 
-def _open_image(path: str, mode: str):
+def _image_mode(path: str) -> str:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.mode
+
+
+def _open_image(path: str, mode: str = "RGB"):
     from PIL import Image
 
     with Image.open(path) as image:
@@ -141,8 +176,9 @@ def load_real(
     sub-folder per class). ``image_size`` resizes (the generator needs 28 or 32 px)."""
     path = Path(data).expanduser()
     name = canonical_name(str(data))
-    if name in TORCHVISION_DATASETS and not path.is_dir():
-        return _load_torchvision(name, root, image_size, download, with_test)
+    # a known name is the torchvision dataset when a root is given or no such folder exists
+    if name in TORCHVISION_DATASETS and (root is not None or not path.is_dir()):
+        return _load_torchvision(name, root, image_size, download, with_test, channels)
     if not path.is_dir():
         known = ", ".join(TORCHVISION_DATASETS)
         raise DataNotFoundError(
@@ -156,7 +192,7 @@ def load_real(
     x_train, y_train = _to_uint8_tensor(train_set, image_size, f"reading {train_dir}")
     test = None
     if with_test and test_dir is not None:
-        test_set = _image_folder(test_dir, image_size, channels)
+        test_set = _image_folder(test_dir, image_size, int(x_train.shape[1]))  # the train split's channels
         if list(test_set.classes) != classes:
             raise DataNotFoundError(
                 f"class folders differ between {train_dir} and {test_dir}: {classes} vs {test_set.classes}"
@@ -165,16 +201,19 @@ def load_real(
     return _assemble(path.name, str(path), classes, x_train, y_train, test)
 
 
-def _load_torchvision(name: str, root, image_size, download: bool, with_test: bool) -> RealData:
+def _load_torchvision(name: str, root, image_size, download: bool, with_test: bool, channels=None) -> RealData:
     import torchvision.datasets as tvd
 
-    cls_name, _, _ = TORCHVISION_DATASETS[name]
+    cls_name, native_channels, _ = TORCHVISION_DATASETS[name]
     cls = getattr(tvd, cls_name)
     if root is None:
         raise DataNotFoundError(
-            f"dataset {name!r} needs --root: the folder holding it (torchvision layout), "
-            "or pass download=True (--download) to fetch it there"
+            f"dataset {name!r} needs a root (--root): the folder that holds it in torchvision layout "
+            f"(e.g. ROOT/{cls_name}/...); add --download to fetch it there. Nothing was looked up: "
+            f"no root was given and there is no image folder {Path(name).resolve()}"
         )
+    if channels is not None and channels != native_channels:
+        raise ValueError(f"{name} has {native_channels} channel(s); channels={channels} is not supported for it")
     root = Path(root).expanduser()
 
     def make(train: bool):
@@ -197,8 +236,16 @@ def _load_torchvision(name: str, root, image_size, download: bool, with_test: bo
 
 
 def _assemble(name, source, classes, x_train, y_train, test) -> RealData:
+    height, size = x_train.shape[-2:]
+    if height != size:
+        raise ValueError(f"{source}: images are {size}x{height} (not square); pass image_size (--image-size) to resize")
+    if test is not None and test[0].shape[1:] != x_train.shape[1:]:
+        raise ValueError(
+            f"{source}: test images are {tuple(test[0].shape[1:])}, train images {tuple(x_train.shape[1:])}; "
+            "pass image_size (--image-size) to resize both"
+        )
     mean, std = (list(map(lambda v: round(v, 4), stats)) for stats in _stats(x_train))
-    size = x_train.shape[-1]
+    std = [max(s, 1e-3) for s in std]  # a constant channel must not give a zero std
     return RealData(
         name=name,
         train=RealSplit(_normalise(x_train, mean, std), y_train),

@@ -13,12 +13,14 @@ i.e. exactly what ``torchvision.transforms.Normalize(mean, std)`` gives for real
 from __future__ import annotations
 
 import math
+import operator
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from .augment import DSA
 from .generator import Generator
@@ -53,6 +55,8 @@ def _mix_seed(*parts: int) -> int:
 def _make_augment(augment: AugmentSpec) -> Callable[..., Tensor] | None:
     if augment is None or augment is False:
         return None
+    if augment is True:
+        augment = "dsa"
     if isinstance(augment, str):
         key = augment.strip().lower()
         if key in ("", "none", "off"):
@@ -86,6 +90,8 @@ class SyntheticDataset(Dataset):
         normalize: apply the dataset mean/std (default) or return images in ``[0, 1]``.
         distributed: ``"auto"`` shards each epoch over torch.distributed ranks (each rank
             sees distinct samples; do not add a ``DistributedSampler``), ``False`` never.
+            When ``inpc * num_classes`` is not a multiple of the world size, the last
+            items wrap around (as ``DistributedSampler`` pads) so all ranks have equal length.
 
     Epochs advance with :meth:`set_epoch`, automatically once every item of an epoch has
     been read and another is asked for, and at each pass of :meth:`loader`.
@@ -143,13 +149,18 @@ class SyntheticDataset(Dataset):
                 torch.distributed.broadcast_object_list(box, src=0)
                 seed = int(box[0])
         self.seed = seed
-        # global layout: class-major labels, this rank takes indices rank::world_size
+        # global layout: class-major labels, this rank takes indices rank::world_size. As
+        # with DistributedSampler, the index list wraps around so that every rank gets the
+        # same number of items (unequal lengths would make DDP ranks wait on each other).
         self._global_labels = torch.arange(self.num_classes).repeat_interleave(inpc)
-        self._indices = torch.arange(self.rank, len(self._global_labels), self.world_size)
+        total = len(self._global_labels)
+        per_rank = math.ceil(total / self.world_size)
+        self._indices = torch.arange(self.rank, per_rank * self.world_size, self.world_size) % total
         self.targets: list[int] = self._global_labels[self._indices].tolist()
         self.epoch = 0
         self._cache: dict[int, Tensor] = {}
         self._served = 0
+        self._warned_worker = False
 
     # -- torchvision-style attributes --------------------------------------------------
     @property
@@ -241,10 +252,19 @@ class SyntheticDataset(Dataset):
         return torch.cat(chunks), labels
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
-        if isinstance(index, torch.Tensor):
-            index = int(index)
-        if not isinstance(index, int):
-            raise TypeError(f"index must be an int, got {type(index).__name__}")
+        try:
+            index = operator.index(index)  # ints, numpy integers, integer 0-d tensors
+        except TypeError:
+            raise TypeError(f"index must be an int, got {type(index).__name__}") from None
+        if not self._warned_worker and get_worker_info() is not None:
+            self._warned_worker = True
+            warnings.warn(
+                "SyntheticDataset is being read in a DataLoader worker process: worker copies do not "
+                "share the epoch counter, so every epoch may repeat the same images. Use "
+                "num_workers=0 (generation is already batched on the device) or dataset.loader().",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         if index < 0:
             index += len(self)
         if not 0 <= index < len(self):
@@ -252,7 +272,8 @@ class SyntheticDataset(Dataset):
         if self._served >= len(self):  # a full pass was read: the next access starts a new epoch
             self.set_epoch(self.epoch + 1)
         self._served += 1
-        image = self._chunk(index // self.batch_size)[index % self.batch_size]
+        # a copy, so that an in-place transform cannot alter the cached epoch
+        image = self._chunk(index // self.batch_size)[index % self.batch_size].clone()
         target: Any = self.targets[index]
         if self.transform is not None:
             image = self.transform(image)

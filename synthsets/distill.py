@@ -41,6 +41,7 @@ from .data import RealData, load_real
 from .dataset import _mix_seed
 from .discriminator import Discriminator, gradient_penalty
 from .generator import Generator, GeneratorConfig
+from .hub import WeightsError, atomic_write_text
 from .models import POOL, create_model
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -49,11 +50,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     # a reduced run that finishes on a 2-core CPU in well under an hour for MNIST
     "cpu-small": {
         "width": 64,
-        "disc_width": 64,
-        "stage1_epochs": 6,
+        "disc_width": 32,
+        "stage1_epochs": 8,
         "stage2_epochs": 2,
-        "steps_per_epoch": 250,
-        "stage2_steps_per_epoch": 40,
+        "steps_per_epoch": 150,
+        "stage2_steps_per_epoch": 30,
         "inner_steps": 16,
         "pool": ["convnet3"],
         "pool_width": 32,
@@ -140,6 +141,16 @@ def _average_grads(module: nn.Module, world: int) -> None:
             p.grad.div_(world)
 
 
+def _average_buffers(module: nn.Module, world: int) -> None:
+    """Average floating-point buffers (BatchNorm running statistics) across ranks."""
+    if world == 1:
+        return
+    for b in module.buffers():
+        if b.is_floating_point():
+            torch.distributed.all_reduce(b)
+            b.div_(world)
+
+
 def _setup_distributed(device: str | None) -> tuple[torch.device, int, int, bool]:
     """Initialise torch.distributed under torchrun; pick the device."""
     started = False
@@ -167,6 +178,13 @@ class Distiller:
     def __init__(self, config: DistillConfig, real: RealData | None = None) -> None:
         self.cfg = config
         self.device, self.rank, self.world, self._started_dist = _setup_distributed(config.device)
+        try:
+            self._build(config, real)
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self, config: DistillConfig, real: RealData | None) -> None:
         self.out = Path(config.out)
         self.is_main = self.rank == 0
         if real is None:
@@ -233,7 +251,9 @@ class Distiller:
         return (x_norm * self.std + self.mean) * 2 - 1
 
     def _steps(self, stage: int) -> int:
-        full = max(1, len(self.train_y) // self.cfg.batch_size)
+        # from the size of the smallest shard, so that every rank runs the same number of
+        # steps (DDP needs matching collectives)
+        full = max(1, (len(self.real.train) // self.world) // self.cfg.batch_size)
         if stage == 2 and self.cfg.stage2_steps_per_epoch:
             return self.cfg.stage2_steps_per_epoch
         return min(full, self.cfg.steps_per_epoch) if self.cfg.steps_per_epoch else full
@@ -299,7 +319,9 @@ class Distiller:
             loss = F.cross_entropy(model(x), self.train_y[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            _average_grads(model, self.world)  # keep the pool model identical on every rank
             optimizer.step()
+        _average_buffers(model, self.world)
         model.eval()
         model.requires_grad_(False)
         return loss.item()
@@ -353,6 +375,11 @@ class Distiller:
                     bar.set_postfix({k: f"{v:.3f}" for k, v in stats.items()})
         if bar is not None:
             bar.close()
+        if self.world > 1:  # log the mean over ranks
+            keys = sorted(totals)
+            values = torch.tensor([totals[k] for k in keys], dtype=torch.float64, device=self.device)
+            torch.distributed.all_reduce(values)
+            totals = dict(zip(keys, (values / self.world).tolist()))
         record: dict[str, Any] = {"epoch": epoch + 1, "stage": stage, "steps": steps}
         record.update({k: v / steps for k, v in totals.items()})
         if pool_name:
@@ -385,6 +412,18 @@ class Distiller:
 
     def load_checkpoint(self) -> None:
         parts, meta = load_checkpoint(self.checkpoint_path)
+        saved = meta.get("config", {})
+        changed = {
+            k: (saved[k], getattr(self.cfg, k))
+            for k in ("width", "disc_width", "noise_dim", "stage1_epochs")
+            if k in saved and saved[k] != getattr(self.cfg, k)
+        }
+        # the stage boundary may move only if the checkpoint is still inside stage 1
+        if "stage1_epochs" in changed and int(meta["epoch"]) <= min(changed["stage1_epochs"]):
+            changed.pop("stage1_epochs")
+        if changed:
+            shown = ", ".join(f"{k}: {a} in the checkpoint, {b} now" for k, (a, b) in changed.items())
+            raise ValueError(f"cannot resume {self.checkpoint_path}: the settings differ ({shown})")
         self.G.load_state_dict(parts["generator"])
         self.D.load_state_dict(parts["discriminator"])
         self.opt_g.load_state_dict(optimizer_state(parts["opt_g"]))
@@ -402,6 +441,29 @@ class Distiller:
         with open(self.out / "log.jsonl", "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
 
+    def _trim_log(self) -> None:
+        """Drop log records of epochs after the checkpoint (an interrupted epoch may have
+        been logged before its checkpoint was written)."""
+        path = self.out / "log.jsonl"
+        if not path.is_file():
+            return
+        kept = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                if int(json.loads(line)["epoch"]) <= self.epoch:
+                    kept.append(line)
+            except (ValueError, KeyError, TypeError):
+                continue  # a torn last line
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+    def _agree(self, flag: bool) -> bool:
+        """True on every rank if it is true on rank 0 (time limits must not split ranks)."""
+        if self.world == 1:
+            return flag
+        value = torch.tensor([float(flag)], device=self.device)
+        torch.distributed.broadcast(value, src=0)
+        return bool(value.item())
+
     # -- main loop -----------------------------------------------------------------------
     def fit(self, resume: bool = False) -> Path:
         cfg = self.cfg
@@ -409,7 +471,9 @@ class Distiller:
             self.out.mkdir(parents=True, exist_ok=True)
         if resume and self.checkpoint_path.is_file():
             self.load_checkpoint()
-        elif resume:
+            if self.is_main:
+                self._trim_log()
+        elif resume and self.is_main:
             print(f"--resume: no checkpoint at {self.checkpoint_path}; starting from scratch", file=sys.stderr)
         elif self.checkpoint_path.is_file():
             raise FileExistsError(
@@ -422,24 +486,30 @@ class Distiller:
         if self.epoch >= cfg.stage1_epochs:  # resumed inside stage 2
             for group in self.opt_g.param_groups:
                 group["lr"] = cfg.stage2_lr
+        if resume and 0 < self.epoch == cfg.stage1_epochs:  # resumed exactly at the stage boundary
+            self._finish_stage1()
         started = time.time()
         stage_clock = {1: None, 2: None}
         while self.epoch < self.total_epochs:
             stage = 1 if self.epoch < cfg.stage1_epochs else 2
             stage_clock[stage] = stage_clock[stage] or time.time()
             limit = cfg.stage1_minutes if stage == 1 else cfg.stage2_minutes
-            if limit is not None and time.time() - stage_clock[stage] > limit * 60:
+            if limit is not None and self._agree(time.time() - stage_clock[stage] > limit * 60):
                 if stage == 1:  # stage budget spent: move on to stage 2
                     self._finish_stage1()
                     self.epoch = cfg.stage1_epochs
                     for group in self.opt_g.param_groups:
                         group["lr"] = cfg.stage2_lr
+                    if self.is_main:
+                        self.save_checkpoint()
                     continue
                 break
             t0 = time.time()
             record = self.run_epoch(self.epoch)
             self.epoch += 1
             record["seconds"] = round(time.time() - t0, 3)
+            if self.epoch == cfg.stage1_epochs:
+                self._finish_stage1()  # before the checkpoint, so a resume never skips it
             if self.is_main:
                 self._log(record)
                 self.save_samples(f"epoch_{self.epoch:04d}")
@@ -447,8 +517,6 @@ class Distiller:
                 if cfg.progress:
                     shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items())
                     print(shown, file=sys.stderr, flush=True)
-            if self.epoch == cfg.stage1_epochs:
-                self._finish_stage1()
         wall = time.time() - started
         if self.is_main:
             self.save_generator(self.out, card.distill_card(cfg, self.real, self.epoch, wall))
@@ -463,17 +531,34 @@ class Distiller:
         return self.out
 
     def _finish_stage1(self) -> None:
-        if self.is_main and not (self.out / "stage1" / "model.safetensors").is_file():
+        if self.is_main:
             self.save_generator(self.out / "stage1", card.distill_card(self.cfg, self.real, self.epoch, None, stage1=True))
 
     def close(self) -> None:
         if self._started_dist and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+            self._started_dist = False
 
 
 def distill(config: DistillConfig | None = None, resume: bool = False, real: RealData | None = None, **kwargs: Any) -> Path:
-    """Run a distillation; returns the output folder (loadable with ``synthsets.DiM``)."""
-    config = apply_preset(config or DistillConfig(**kwargs))
+    """Run a distillation; returns the output folder (loadable with ``synthsets.DiM``).
+
+    Pass a :class:`DistillConfig` or its fields as keyword arguments. With a ``preset``,
+    the preset fills every field that is left at its default (fields given as keyword
+    arguments, or set to a non-default value in ``config``, win over the preset).
+    """
+    if config is None:
+        config = apply_preset(DistillConfig(**kwargs), explicit=list(kwargs))
+    else:
+        if kwargs:
+            raise TypeError("pass either a DistillConfig or keyword arguments, not both")
+        defaults = DistillConfig()
+        explicit = [f.name for f in dataclasses.fields(config) if getattr(config, f.name) != getattr(defaults, f.name)]
+        config = apply_preset(config, explicit=explicit)
+    return _run(config, resume, real)
+
+
+def _run(config: DistillConfig, resume: bool, real: RealData | None = None) -> Path:
     trainer = Distiller(config, real=real)
     try:
         return trainer.fit(resume=resume)
@@ -531,24 +616,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _explicit_flags(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
+    """Destinations of the options actually given on the command line (abbreviations and
+    ``--opt=value`` included): parse again with every default suppressed."""
+    shadow = build_parser()
+    for action in shadow._actions:
+        action.default = argparse.SUPPRESS
+        action.required = False
+    return set(vars(shadow.parse_args(argv)))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    tokens = list(argv if argv is not None else sys.argv[1:])
-    given = {
-        action.dest
-        for action in parser._actions
-        for option in action.option_strings
-        if any(t == option or t.startswith(option + "=") for t in tokens)
-    }
+    given = _explicit_flags(parser, argv)
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(DistillConfig) if hasattr(args, f.name)}
     config = apply_preset(DistillConfig(**values), explicit=given)
     try:
-        out = distill(config, resume=args.resume)
-    except (FileNotFoundError, FileExistsError, ValueError) as err:
+        out = _run(config, resume=args.resume)  # the preset is applied already (explicit flags win)
+    except (FileNotFoundError, FileExistsError, ValueError, WeightsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"generator written to {out}; load it with synthsets.DiM({str(out)!r}, inpc=10)")
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(f"generator written to {out}; load it with synthsets.DiM({str(out)!r}, inpc=10)")
     return 0
 
 

@@ -61,8 +61,12 @@ class GeneratorConfig:
             )
         if self.classes is None:
             self.classes = [str(i) for i in range(self.num_classes)]
+        self.classes = [str(name) for name in self.classes]
         if len(self.classes) != self.num_classes:
             raise ValueError(f"{len(self.classes)} class names given for num_classes={self.num_classes}")
+        if len(set(self.classes)) != len(self.classes):
+            duplicates = sorted({name for name in self.classes if self.classes.count(name) > 1})
+            raise ValueError(f"GeneratorConfig.classes must be distinct, got duplicates {duplicates}")
         for name in ("mean", "std"):
             stats = getattr(self, name)
             if stats is None:
@@ -77,6 +81,8 @@ class GeneratorConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "GeneratorConfig":
+        if not isinstance(data, dict):
+            raise ValueError(f"a generator config must be a JSON object, got {type(data).__name__}")
         data = dict(data)
         model_type = data.pop("model_type", MODEL_TYPE)
         if model_type != MODEL_TYPE:

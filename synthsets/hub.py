@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable
@@ -25,6 +26,7 @@ from torch import nn
 
 HUB_ORGANISATION = "synthsets"
 SHORT_NAME_PREFIX = "dim-"
+_COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 
 
 class WeightsError(RuntimeError):
@@ -167,6 +169,14 @@ def _find_bundled(name: str) -> Path | None:
     return None
 
 
+def _is_bare_name(name_or_path: str | Path) -> bool:
+    """True for a plain name such as ``"mnist"`` (no path separators, not a Path object)."""
+    if isinstance(name_or_path, Path):
+        return False
+    text = name_or_path.strip()
+    return not any(sep in text for sep in ("/", "\\", os.sep)) and not text.startswith((".", "~"))
+
+
 def hub_repo_id(name: str) -> str:
     """The Hub repo id a short name maps to (``"mnist"`` -> ``"synthsets/dim-mnist"``)."""
     return f"{HUB_ORGANISATION}/{SHORT_NAME_PREFIX}{_short_name(name.strip().lower())}"
@@ -190,15 +200,24 @@ def resolve(
             f"expected a generator name, folder or Hub repo id (str or Path), got {name_or_path!r}"
         )
     path = Path(name_or_path).expanduser()
+    text = str(name_or_path).strip()
     if path.is_dir():
         missing = [f for f in filenames if not (path / f).is_file()]
-        if missing:
-            raise PretrainedNotFoundError(
-                f"folder {path} is not a synthsets generator: it lacks {', '.join(missing)} "
-                "(save one with Generator.save_pretrained or python -m synthsets.distill)"
-            )
-        return path
-    text = str(name_or_path).strip()
+        if not missing:
+            return path
+        # A bare short name such as "mnist" may also be a data folder in the working
+        # directory (torchvision roots are often named so): prefer the bundled generator.
+        bundled = _find_bundled(text) if _is_bare_name(name_or_path) and revision is None else None
+        if bundled is not None:
+            return bundled
+        raise PretrainedNotFoundError(
+            f"folder {path} is not a synthsets generator: it lacks {', '.join(missing)} "
+            "(save one with Generator.save_pretrained or python -m synthsets.distill)"
+        )
+    if path.is_file():
+        raise PretrainedNotFoundError(
+            f"{path} is a file; pass the folder that holds {' and '.join(filenames)}"
+        )
     if revision is None and not force_download:
         bundled = _find_bundled(text)
         if bundled is not None:
@@ -231,6 +250,10 @@ def _download(
 
     folder: Path | None = None
     for filename in filenames:
+        # After the first file, pin the commit it came from so that every file of the
+        # generator comes from the same commit even if the branch moves meanwhile.
+        if folder is not None and _COMMIT_RE.fullmatch(folder.name):
+            revision = folder.name
         try:
             local = hf_hub_download(
                 repo_id,
@@ -247,15 +270,16 @@ def _download(
             ) from None
         except hf_errors.RevisionNotFoundError:
             raise PretrainedNotFoundError(f"Hub repo {repo_id!r} has no revision {revision!r}") from None
-        except hf_errors.EntryNotFoundError:
-            raise PretrainedNotFoundError(
-                f"Hub repo {repo_id!r} has no {filename}; is it a synthsets generator?"
-            ) from None
         except hf_errors.LocalEntryNotFoundError:
+            # (a subclass of EntryNotFoundError: it must be caught first)
             raise PretrainedNotFoundError(
                 f"{filename} of Hub repo {repo_id!r} is not in the local cache and the Hub cannot be "
                 "reached (offline mode HF_HUB_OFFLINE=1, local_files_only=True, or no network); "
                 "connect once to download it, or pass a local folder"
+            ) from None
+        except hf_errors.EntryNotFoundError:
+            raise PretrainedNotFoundError(
+                f"Hub repo {repo_id!r} has no {filename}; is it a synthsets generator?"
             ) from None
         except (OSError, ValueError) as err:
             raise PretrainedNotFoundError(f"could not download {filename} from {repo_id!r}: {err}") from None

@@ -1,0 +1,1111 @@
+"""Evaluate generators (and real-data baselines) with DiM's deployment protocol.
+
+The protocol (paper Sec. 4.1 and its reference validation): a fresh, randomly initialised
+model is trained from scratch for ``epochs`` (1000) epochs on images drawn from the
+source, with SGD (lr 0.01, momentum 0.9, weight decay 5e-4, batch 128), per-sample DSA
+(colour + crop) and CutMix (beta 1), and tested on the real test set. Each epoch sees
+
+* ``reference``: ``C * INPC // batch + 1`` batches (the reference code's
+  ``10 * ipc // 128 + 1`` for ten classes and batch 128), or
+* ``exact``: one pass over ``INPC * C`` images,
+
+freshly generated every epoch for a generator, drawn from a fixed class-balanced random
+subset of ``INPC`` real images per class for the ``random-real`` baseline, and drawn
+fresh from the whole real training set for the ``whole`` baseline (what a perfect
+generator would give under the same protocol). We report the final test accuracy, mean
++- std (population std, as in the dataset-condensation literature) over runs; the best
+of the periodic test evaluations (``--test-interval``) is reported separately, labelled
+"best (periodic)".
+
+    python -m synthsets.evaluate --generator runs/mnist --inpc 1 10 50 --models convnet3 resnet18 \\
+        --baselines random-real --root DATA --out eval/mnist
+    torchrun --nproc_per_node 4 -m synthsets.evaluate --generator runs/c10 --data cifar10 --root DATA --out eval/c10
+    python -m synthsets.evaluate merge eval/part1 eval/part2 --out eval/all
+
+Library use::
+
+    from synthsets.evaluate import evaluate, run_protocol, ProtocolConfig
+    records = evaluate(["runs/mnist"], baselines=["random-real"], root="DATA", inpc=[10], runs=3)
+
+Outputs (``--out``): ``results.json`` (one record per run), ``results.md`` (a Markdown
+table) and ``accuracy_vs_inpc.png`` (when matplotlib is installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .augment import DSA, cutmix
+from .data import RealData, RealSplit, load_real
+from .dataset import SyntheticDataset, _make_augment, _mix_seed, default_device
+from .generator import Generator
+from .models import create_model
+
+__all__ = [
+    "BASELINES",
+    "ProtocolConfig",
+    "Source",
+    "evaluate",
+    "evaluate_source",
+    "fixed_batches",
+    "generator_batches",
+    "images_per_epoch",
+    "markdown_table",
+    "merge",
+    "plot_accuracy",
+    "random_subset",
+    "read_results",
+    "run_protocol",
+    "sampled_batches",
+    "summarize",
+    "test_accuracy",
+    "write_outputs",
+    "main",
+]
+
+#: Real-data baselines evaluated with the same protocol.
+BASELINES = ("random-real", "whole")
+SCHEDULES = ("step", "cosine", "none")
+EPOCH_IMAGES = ("reference", "exact")
+RESULTS_FORMAT = "synthsets-evaluate"
+PLOT_NAME = "accuracy_vs_inpc.png"
+
+BatchFn = Callable[[int], Iterable[tuple[Tensor, Tensor]]]
+
+
+# ----------------------------------------------------------------------------- settings
+@dataclass
+class ProtocolConfig:
+    """Training and testing settings of the evaluation protocol (defaults: the paper's).
+
+    ``augment`` is a DSA strategy string (``"color_crop"``; ``"dsa"`` means the same,
+    ``"none"`` disables it) or a callable on image batches. ``test_interval`` ``None`` or
+    ``0`` tests only after the last epoch. ``batch_size`` and ``epoch_images`` are used by
+    the batch providers (:func:`generator_batches`...), the rest by :func:`run_protocol`.
+    """
+
+    epochs: int = 1000
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 128
+    schedule: str = "step"
+    augment: Any = "color_crop"
+    cutmix: bool = True
+    cutmix_beta: float = 1.0
+    cutmix_prob: float = 1.0
+    test_interval: int | None = None
+    epoch_images: str = "reference"
+    test_batch_size: int = 1000
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "test_batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.epoch_images not in EPOCH_IMAGES:
+            raise ValueError(f"epoch_images must be one of {', '.join(EPOCH_IMAGES)}, got {self.epoch_images!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.cutmix_prob <= 1:
+            raise ValueError(f"cutmix_prob must be in [0, 1], got {self.cutmix_prob}")
+        if not self.cutmix_beta > 0:
+            raise ValueError(f"cutmix_beta must be > 0, got {self.cutmix_beta}")
+        if self.test_interval is not None and (isinstance(self.test_interval, bool) or self.test_interval < 0):
+            raise ValueError(f"test_interval must be a non-negative int or None, got {self.test_interval!r}")
+        if isinstance(self.augment, str):
+            _make_augment(self.augment)  # validates the strategy string early
+
+    def to_json(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["augment"] = _augment_name(self.augment)
+        return data
+
+
+def _augment_name(augment: Any) -> str:
+    module = _make_augment(augment)
+    if module is None:
+        return "none"
+    return module.strategy if isinstance(module, DSA) else repr(module)
+
+
+def _config_with(config: ProtocolConfig | None, **overrides: Any) -> ProtocolConfig:
+    config = config or ProtocolConfig()
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(ProtocolConfig)}
+    if unknown:
+        raise TypeError(f"unknown protocol setting(s): {', '.join(sorted(unknown))}")
+    return dataclasses.replace(config, **overrides) if overrides else config
+
+
+def images_per_epoch(num_classes: int, inpc: int, batch_size: int = 128, mode: str = "reference") -> int:
+    """Images one training epoch sees: ``(C*INPC // batch + 1) * batch`` (reference) or ``C*INPC`` (exact)."""
+    if mode == "reference":
+        return (num_classes * inpc // batch_size + 1) * batch_size
+    if mode == "exact":
+        return num_classes * inpc
+    raise ValueError(f"epoch_images must be one of {', '.join(EPOCH_IMAGES)}, got {mode!r}")
+
+
+def lr_at(config: ProtocolConfig, epoch: int) -> float:
+    """Learning rate of (0-based) ``epoch``: step (x0.1 from half-way), cosine or constant."""
+    if config.schedule == "step":
+        return config.lr * (0.1 if config.epochs > 1 and epoch >= config.epochs // 2 else 1.0)
+    if config.schedule == "cosine":
+        return config.lr * 0.5 * (1 + math.cos(math.pi * epoch / config.epochs))
+    return config.lr
+
+
+def _rng(device: torch.device, *parts: int) -> torch.Generator:
+    rng = torch.Generator(device=device)
+    rng.manual_seed(_mix_seed(*parts))
+    return rng
+
+
+def _split_batches(images: Tensor, labels: Tensor, batch_size: int) -> list[tuple[Tensor, Tensor]]:
+    return [(images[i : i + batch_size], labels[i : i + batch_size]) for i in range(0, len(labels), batch_size)]
+
+
+# ----------------------------------------------------------------------------- batch providers
+def generator_batches(
+    generator: Generator,
+    inpc: int,
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    batch_size: int = 128,
+    epoch_images: str = "reference",
+    seed: int = 0,
+    device: str | torch.device | None = None,
+) -> BatchFn:
+    """``epoch -> batches`` of fresh generated images (un-augmented, normalised).
+
+    Images come from a :class:`~synthsets.SyntheticDataset` (``augment=None``), mapped to
+    ``[0, 1]`` and normalised with ``mean``/``std`` (default: the generator config's; pass
+    the real data's so generated and real test images share one normalisation). Each
+    epoch holds :func:`images_per_epoch` images, class-balanced up to the last partial
+    draw (reference mode rounds up to whole batches, then shuffles and truncates).
+    """
+    config = generator.config
+    n_images = images_per_epoch(config.num_classes, inpc, batch_size, epoch_images)
+    per_class = math.ceil(n_images / config.num_classes)
+    dataset = SyntheticDataset(
+        generator, per_class, augment=None, seed=seed, device=device, normalize=False, distributed=False
+    )
+    dev = dataset.device
+    mean_t = torch.tensor(list(mean if mean is not None else config.mean), device=dev).view(1, -1, 1, 1)
+    std_t = torch.tensor(list(std if std is not None else config.std), device=dev).view(1, -1, 1, 1)
+
+    def batches(epoch: int) -> list[tuple[Tensor, Tensor]]:
+        dataset.set_epoch(epoch)
+        images, labels = dataset.epoch_tensors()
+        order = torch.randperm(len(labels), device=dev, generator=_rng(dev, seed, epoch, 11))[:n_images]
+        images = (images[order] - mean_t) / std_t
+        return _split_batches(images, labels[order], batch_size)
+
+    batches.images_per_epoch = n_images  # type: ignore[attr-defined]
+    return batches
+
+
+def fixed_batches(
+    images: Tensor,
+    labels: Tensor,
+    n_images: int | None = None,
+    *,
+    batch_size: int = 128,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+) -> BatchFn:
+    """``epoch -> batches`` over a fixed image set: shuffled passes until ``n_images`` (default: one pass)."""
+    dev = torch.device(device) if device is not None else images.device
+    images, labels = images.to(dev), labels.to(dev)
+    n = len(labels)
+    if n == 0:
+        raise ValueError("the fixed image set is empty")
+    n_images = n if n_images is None else n_images
+
+    def batches(epoch: int) -> list[tuple[Tensor, Tensor]]:
+        rng = _rng(dev, seed, epoch, 12)
+        order = torch.cat([torch.randperm(n, device=dev, generator=rng) for _ in range(math.ceil(n_images / n))])
+        order = order[:n_images]
+        return _split_batches(images[order], labels[order], batch_size)
+
+    batches.images_per_epoch = n_images  # type: ignore[attr-defined]
+    return batches
+
+
+def sampled_batches(
+    split: RealSplit,
+    num_classes: int,
+    n_images: int,
+    *,
+    batch_size: int = 128,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+) -> BatchFn:
+    """``epoch -> batches`` of ``n_images`` real images drawn fresh each epoch (class-balanced)."""
+    dev = torch.device(device) if device is not None else split.images.device
+    images, labels = split.images.to(dev), split.labels.to(dev)
+    by_class = [torch.nonzero(labels == c).flatten() for c in range(num_classes)]
+    if any(len(idx) == 0 for idx in by_class):
+        raise ValueError("every class needs at least one training image")
+    per_class = math.ceil(n_images / num_classes)
+
+    def batches(epoch: int) -> list[tuple[Tensor, Tensor]]:
+        rng = _rng(dev, seed, epoch, 13)
+        picks = [idx[torch.randint(len(idx), (per_class,), device=dev, generator=rng)] for idx in by_class]
+        chosen = torch.cat(picks)
+        chosen = chosen[torch.randperm(len(chosen), device=dev, generator=rng)[:n_images]]
+        return _split_batches(images[chosen], labels[chosen], batch_size)
+
+    batches.images_per_epoch = n_images  # type: ignore[attr-defined]
+    return batches
+
+
+def random_subset(labels: Tensor | RealSplit | RealData, ipc: int, seed: int = 0, num_classes: int | None = None) -> Tensor:
+    """Indices of a class-balanced random subset: ``ipc`` distinct images of every class.
+
+    Deterministic given ``seed``; indices are class-major (class 0 first).
+    """
+    if isinstance(labels, RealData):
+        num_classes = labels.num_classes if num_classes is None else num_classes
+        labels = labels.train.labels
+    elif isinstance(labels, RealSplit):
+        labels = labels.labels
+    labels = labels.cpu()
+    if num_classes is None:
+        num_classes = int(labels.max()) + 1
+    rng = torch.Generator().manual_seed(_mix_seed(seed, 14))
+    picks = []
+    for c in range(num_classes):
+        idx = torch.nonzero(labels == c).flatten()
+        if len(idx) < ipc:
+            raise ValueError(f"class {c} has {len(idx)} training images, fewer than the {ipc} per class asked for")
+        picks.append(idx[torch.randperm(len(idx), generator=rng)[:ipc]])
+    return torch.cat(picks)
+
+
+# ----------------------------------------------------------------------------- the protocol
+@torch.no_grad()
+def test_accuracy(model: nn.Module, test: RealSplit, batch_size: int = 1000) -> float:
+    """Top-1 accuracy (percent) of ``model`` on ``test`` (model left in eval mode)."""
+    model.eval()
+    device = next(model.parameters()).device
+    correct = 0
+    for start in range(0, len(test), batch_size):
+        x = test.images[start : start + batch_size].to(device, non_blocking=True)
+        y = test.labels[start : start + batch_size].to(device, non_blocking=True)
+        correct += int((model(x).argmax(dim=1) == y).sum())
+    return 100.0 * correct / max(1, len(test))
+
+
+def run_protocol(
+    train_batches: BatchFn,
+    test: RealSplit,
+    model_name: str,
+    num_classes: int,
+    channels: int,
+    image_size: int,
+    epochs: int | None = None,
+    *,
+    config: ProtocolConfig | None = None,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    progress: bool = False,
+    desc: str | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Train a fresh ``model_name`` on ``train_batches`` and test it on ``test``.
+
+    Args:
+        train_batches: ``epoch -> iterable of (images, labels)``: normalised, un-augmented
+            batches (DSA and CutMix are applied here, per sample, on the device).
+        test: the real test split (normalised like the training images).
+        model_name: a :func:`synthsets.create_model` name (synthsets or timm).
+        epochs: overrides ``config.epochs``; other settings may be overridden by keyword
+            (``lr=``, ``schedule=``, ``augment=``, ``cutmix=``, ``test_interval=``...).
+        seed: seeds the model's initialisation and the augmentation draws; with the same
+            batches, a run is reproducible on the same device.
+
+    Returns:
+        ``final_acc`` (percent, after the last epoch), ``best_acc`` / ``best_epoch`` (over
+        the periodic tests, which include the last), ``history`` (``[epoch, acc]``
+        pairs), ``epochs``, ``steps``, ``images_seen``, ``final_loss`` and ``seconds``.
+    """
+    cfg = _config_with(config, epochs=epochs, **overrides)
+    dev = torch.device(device) if device is not None else default_device()
+    torch.manual_seed(_mix_seed(seed, 21))
+    model = create_model(model_name, num_classes, channels, image_size, **(model_kwargs or {})).to(dev)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    augment = _make_augment(cfg.augment)
+    rng = _rng(dev, seed, 22)
+    if test.images.device != dev:
+        test = test.to(dev)
+    interval = cfg.test_interval or 0
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.epochs, desc=desc or model_name, leave=False, mininterval=1.0)
+    history: list[list[float]] = []
+    steps = images_seen = 0
+    loss_value = float("nan")
+    started = time.perf_counter()
+    for epoch in range(cfg.epochs):
+        lr = lr_at(cfg, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        model.train()
+        loss = None
+        for x, y in train_batches(epoch):
+            x = x.to(dev, non_blocking=True)
+            y = y.to(dev, non_blocking=True)
+            if augment is not None:
+                x = augment(x, generator=rng) if isinstance(augment, DSA) else augment(x)
+            use_cutmix = cfg.cutmix and len(y) > 1
+            if use_cutmix and cfg.cutmix_prob < 1:
+                use_cutmix = float(torch.rand((), device=dev, generator=rng)) < cfg.cutmix_prob
+            if use_cutmix:
+                x, y_a, y_b, lam = cutmix(x, y, beta=cfg.cutmix_beta, generator=rng)
+                out = model(x)
+                loss = lam * F.cross_entropy(out, y_a) + (1 - lam) * F.cross_entropy(out, y_b)
+            else:
+                loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            steps += 1
+            images_seen += len(y)
+        if loss is not None:
+            loss_value = float(loss.detach())
+        last = epoch == cfg.epochs - 1
+        if last or (interval and (epoch + 1) % interval == 0):
+            history.append([epoch + 1, test_accuracy(model, test, cfg.test_batch_size)])
+            if bar is not None:
+                bar.set_postfix(acc=f"{history[-1][1]:.2f}", loss=f"{loss_value:.3f}")
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    best_epoch, best_acc = max(history, key=lambda item: (item[1], -item[0]))
+    return {
+        "final_acc": history[-1][1],
+        "best_acc": best_acc,
+        "best_epoch": int(best_epoch),
+        "history": history,
+        "epochs": cfg.epochs,
+        "steps": steps,
+        "images_seen": images_seen,
+        "final_loss": loss_value,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+# ----------------------------------------------------------------------------- sources
+@dataclass
+class Source:
+    """Something to evaluate: a generator or a real-data baseline (``random-real``, ``whole``).
+
+    ``spec`` is what the user gave (path, bundled name, Hub id); ``folder`` is set for
+    local generator folders (their model card can be updated); ``dataset`` is the real
+    dataset to test on (default: the generator config's).
+    """
+
+    label: str
+    kind: str  # "generator" or one of BASELINES
+    generator: Generator | None = None
+    spec: str | None = None
+    folder: Path | None = None
+    dataset: str | None = None
+
+    @classmethod
+    def from_spec(cls, spec: str | Path | Generator, label: str | None = None) -> "Source":
+        """A generator source from a path, bundled name or Hub id (``"LABEL=SPEC"`` sets the label)."""
+        if isinstance(spec, Generator):
+            origin = getattr(spec, "source", None)
+            return cls(
+                label=label or (Path(str(origin)).name if origin else spec.config.dataset or "generator"),
+                kind="generator",
+                generator=spec,
+                spec=str(origin) if origin else None,
+                folder=Path(origin) if origin and Path(origin).is_dir() else None,
+                dataset=spec.config.dataset,
+            )
+        text = str(spec)
+        if label is None and "=" in text and not Path(text).exists():
+            head, tail = text.split("=", 1)
+            if head and "/" not in head:
+                label, text = head, tail
+        generator = Generator.from_pretrained(text)
+        path = Path(text).expanduser()
+        folder = path if path.is_dir() else None
+        if label is None:
+            label = path.resolve().name if folder is not None else text
+        return cls(label=label, kind="generator", generator=generator, spec=text, folder=folder, dataset=generator.config.dataset)
+
+    @classmethod
+    def baseline(cls, name: str, dataset: str | None = None) -> "Source":
+        key = name.strip().lower().replace("_", "-")
+        if key not in BASELINES:
+            raise ValueError(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
+        return cls(label=key, kind=key, dataset=dataset)
+
+
+def _check_compatible(source: Source, real: RealData) -> None:
+    """Raise on shape/class mismatches between a generator and the real data; warn on stats."""
+    if source.generator is None:
+        return
+    config = source.generator.config
+    problems = []
+    if config.num_classes != real.num_classes:
+        problems.append(f"{config.num_classes} classes vs {real.num_classes}")
+    if config.channels != real.channels:
+        problems.append(f"{config.channels} channels vs {real.channels}")
+    if config.image_size != real.image_size:
+        problems.append(f"{config.image_size} px vs {real.image_size} px (pass --image-size {config.image_size})")
+    if problems:
+        raise ValueError(f"generator {source.label!r} does not fit the real data {real.name!r}: " + "; ".join(problems))
+    if list(config.classes) != list(real.classes):
+        warnings.warn(
+            f"generator {source.label!r} class names {list(config.classes)[:4]}... differ from the real data's "
+            f"{list(real.classes)[:4]}...; labels are matched by index",
+            stacklevel=3,
+        )
+    diff = max(abs(a - b) for a, b in zip(list(config.mean) + list(config.std), list(real.mean) + list(real.std)))
+    if diff > 0.01:
+        warnings.warn(
+            f"generator {source.label!r} normalisation (mean {config.mean}, std {config.std}) differs from the real "
+            f"data's (mean {real.mean}, std {real.std}) by {diff:.3f}; generated images are normalised with the "
+            "real data's mean/std, like the test set",
+            stacklevel=3,
+        )
+
+
+def evaluate_source(
+    source: Source | Generator | str,
+    real: RealData,
+    inpc: int,
+    model_name: str = "convnet3",
+    *,
+    runs: int | Sequence[int] = 1,
+    seed: int = 0,
+    config: ProtocolConfig | None = None,
+    device: str | torch.device | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    progress: bool = False,
+    **overrides: Any,
+) -> list[dict[str, Any]]:
+    """Evaluate one source at one INPC with one model; one record per run.
+
+    ``source`` is a :class:`Source`, a :class:`~synthsets.Generator`, a baseline name
+    (``"random-real"``, ``"whole"``) or a generator spec (path / bundled name / Hub id).
+    ``runs`` is a count or a list of run indices; run ``r`` uses seed ``seed + r`` (for
+    the model, the augmentation, the generated images and the random real subset), so
+    run ``r`` of every source starts from the same model initialisation.
+    """
+    if not isinstance(source, Source):
+        source = Source.baseline(source) if isinstance(source, str) and source.strip().lower() in BASELINES else Source.from_spec(source)
+    if real.test is None:
+        raise ValueError(f"real data {real.name!r} has no test split (an image folder needs a test/ sub-folder)")
+    _check_compatible(source, real)
+    cfg = _config_with(config, **overrides)
+    dev = torch.device(device) if device is not None else default_device()
+    run_ids = list(range(runs)) if isinstance(runs, int) else list(runs)
+    test = real.test.to(dev)
+    n_images = images_per_epoch(real.num_classes, inpc, cfg.batch_size, cfg.epoch_images)
+    records = []
+    for run in run_ids:
+        run_seed = seed + run
+        batch_seed = _mix_seed(run_seed, 31)
+        if source.kind == "generator":
+            batches = generator_batches(
+                source.generator, inpc, mean=real.mean, std=real.std, batch_size=cfg.batch_size,
+                epoch_images=cfg.epoch_images, seed=batch_seed, device=dev,
+            )
+        elif source.kind == "random-real":
+            idx = random_subset(real.train.labels, inpc, seed=run_seed, num_classes=real.num_classes)
+            batches = fixed_batches(
+                real.train.images[idx], real.train.labels[idx], n_images,
+                batch_size=cfg.batch_size, seed=batch_seed, device=dev,
+            )
+        elif source.kind == "whole":
+            batches = sampled_batches(real.train, real.num_classes, n_images, batch_size=cfg.batch_size, seed=batch_seed, device=dev)
+        else:
+            raise ValueError(f"unknown source kind {source.kind!r}")
+        result = run_protocol(
+            batches, test, model_name, real.num_classes, real.channels, real.image_size,
+            config=cfg, seed=run_seed, device=dev, model_kwargs=model_kwargs, progress=progress,
+            desc=f"{source.label} inpc {inpc} {model_name} run {run}",
+        )
+        settings = cfg.to_json()
+        settings.update({"images_per_epoch": n_images, "device": str(dev)})
+        if model_kwargs:
+            settings["model_kwargs"] = dict(model_kwargs)
+        record = {
+            "source": source.label,
+            "kind": source.kind,
+            "spec": source.spec,
+            "dataset": real.name,
+            "inpc": inpc,
+            "model": model_name,
+            "run": run,
+            "seed": run_seed,
+            **{k: result[k] for k in ("final_acc", "best_acc", "best_epoch", "epochs", "seconds", "steps", "images_seen", "final_loss", "history")},
+            "num_test": len(real.test),
+            "settings": settings,
+        }
+        records.append(record)
+    return records
+
+
+# ----------------------------------------------------------------------------- jobs, sharding
+def _distributed_env() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment (0, 1, 0 otherwise)."""
+    try:
+        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+    except ValueError:
+        return 0, 1, 0
+
+
+def parse_shard(text: str | tuple[int, int] | None) -> tuple[int, int]:
+    """``"i/n"`` (0-based i) -> ``(i, n)``; ``None`` -> torchrun's ``(RANK, WORLD_SIZE)`` or ``(0, 1)``."""
+    if text is None:
+        rank, world, _ = _distributed_env()
+        return rank, world
+    if isinstance(text, tuple):
+        i, n = text
+    else:
+        try:
+            i_text, n_text = str(text).split("/")
+            i, n = int(i_text), int(n_text)
+        except ValueError:
+            raise ValueError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"--shard i/n needs 0 <= i < n, got {i}/{n}")
+    return i, n
+
+
+def _job_key(record: dict[str, Any]) -> tuple:
+    return (record["dataset"], record["source"], int(record["inpc"]), record["model"], int(record["run"]))
+
+
+def _results_path(out: Path, shard: tuple[int, int]) -> Path:
+    return out / ("results.json" if shard[1] == 1 else f"results.rank{shard[0]}.json")
+
+
+def _write_json(path: Path, records: list[dict[str, Any]]) -> None:
+    from .hub import atomic_write_text
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": RESULTS_FORMAT, "version": 1, "runs": records}
+    atomic_write_text(path, json.dumps(payload, indent=1) + "\n")
+
+
+def evaluate(
+    generators: Sequence[str | Path | Generator | Source] = (),
+    *,
+    baselines: Sequence[str] = (),
+    data: str | Path | None = None,
+    root: str | Path | None = None,
+    real: RealData | None = None,
+    image_size: int | None = None,
+    download: bool = False,
+    inpc: Sequence[int] = (10,),
+    models: Sequence[str] = ("convnet3",),
+    runs: int = 5,
+    seed: int = 0,
+    config: ProtocolConfig | None = None,
+    device: str | torch.device | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    shard: str | tuple[int, int] | None = (0, 1),
+    out: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    **overrides: Any,
+) -> list[dict[str, Any]]:
+    """Evaluate generators and baselines over INPC values, models and runs (the CLI's engine).
+
+    The real data is ``real`` if given, else loaded with :func:`synthsets.data.load_real`
+    from ``data`` (default: each generator's config ``dataset``) and ``root``, resized to
+    the generators' size unless ``image_size`` is given. Jobs (source x INPC x model x run)
+    are split by ``shard`` (``(i, n)`` or ``"i/n"``; ``None``: torchrun's rank/world size).
+    With ``out``, this shard's records are written to ``out/results.json`` (or
+    ``results.rank{i}.json`` when sharded) after every job; ``resume`` skips jobs already
+    there. Returns this shard's records (including resumed ones).
+    """
+    cfg = _config_with(config, **overrides)
+    sources = [g if isinstance(g, Source) else Source.from_spec(g) for g in generators]
+    labels = [s.label for s in sources]
+    for i, s in enumerate(sources):  # unique labels
+        if labels.count(s.label) > 1:
+            s.label = f"{s.label}#{labels[: i + 1].count(s.label)}"
+    if not sources and not baselines:
+        raise ValueError("nothing to evaluate: give generators and/or baselines")
+    inpcs = [int(v) for v in inpc]
+    if not inpcs or any(v <= 0 for v in inpcs):
+        raise ValueError(f"inpc values must be positive ints, got {list(inpc)}")
+    if isinstance(runs, bool) or not isinstance(runs, int) or runs <= 0:
+        raise ValueError(f"runs must be a positive int, got {runs!r}")
+
+    # which real dataset each source is tested on
+    real_cache: dict[str, RealData] = {}
+
+    def dataset_key(source: Source) -> str:
+        if real is not None:
+            return real.name
+        key = str(data) if data is not None else source.dataset
+        if key is None:
+            raise ValueError(f"generator {source.label!r} does not name its dataset in config.json: pass data= (--data)")
+        return key
+
+    groups: dict[str, list[Source]] = {}
+    for s in sources:
+        groups.setdefault(dataset_key(s), []).append(s)
+    if baselines:
+        keys = list(groups) or ([real.name] if real is not None else ([str(data)] if data is not None else []))
+        if not keys:
+            raise ValueError("baselines need the real data: pass data= (--data) or a generator")
+        for key in keys:
+            groups.setdefault(key, []).extend(Source.baseline(b, key) for b in baselines)
+
+    def get_real(key: str) -> RealData:
+        if real is not None:
+            return real
+        if key not in real_cache:
+            sizes = {s.generator.config.image_size for s in groups[key] if s.generator is not None}
+            if image_size is None and len(sizes) > 1:
+                raise ValueError(f"generators for {key!r} make images of different sizes {sorted(sizes)}; evaluate them separately")
+            size = image_size if image_size is not None else (sizes.pop() if sizes else None)
+            real_cache[key] = load_real(key, root, image_size=size, download=download, with_test=True)
+        return real_cache[key]
+
+    jobs = [
+        (key, s, v, m, r)
+        for key, group in groups.items()
+        for v in inpcs
+        for m in models
+        for s in group
+        for r in range(runs)
+    ]
+    shard_i, shard_n = parse_shard(shard)
+    mine = jobs[shard_i::shard_n]
+    out_path = Path(out) if out is not None else None
+    records: list[dict[str, Any]] = []
+    done: set[tuple] = set()
+    if out_path is not None:
+        existing = _results_path(out_path, (shard_i, shard_n))
+        if resume and existing.is_file():
+            records = read_results([existing])
+            done = {_job_key(r) for r in records}
+        elif existing.is_file():
+            warnings.warn(f"{existing} exists and will be replaced (pass resume=True / --resume to continue it)", stacklevel=2)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(mine), desc="evaluate" + (f" shard {shard_i}/{shard_n}" if shard_n > 1 else ""), unit="run")
+    try:
+        for key, s, v, m, r in mine:
+            real_data = get_real(key)
+            if (real_data.name, s.label, v, m, r) in done:
+                if bar is not None:
+                    bar.update(1)
+                continue
+            new = evaluate_source(
+                s, real_data, v, m, runs=[r], seed=seed, config=cfg, device=device,
+                model_kwargs=model_kwargs, progress=progress,
+            )
+            records.extend(new)
+            if out_path is not None:
+                _write_json(_results_path(out_path, (shard_i, shard_n)), records)
+            if bar is not None:
+                bar.set_postfix_str(f"{s.label} inpc {v} {m}: {new[-1]['final_acc']:.2f}%")
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return records
+
+
+# ----------------------------------------------------------------------------- results
+def read_results(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
+    """Records from results JSON files or folders (a folder: its ``results.rank*.json`` if any,
+    else its ``results.json``). Duplicate runs (same dataset, source, INPC, model, run) keep
+    the last one read."""
+    files: list[Path] = []
+    for item in paths:
+        path = Path(item)
+        if path.is_dir():
+            ranks = sorted(path.glob("results.rank*.json"), key=lambda p: (len(p.name), p.name))
+            if ranks:
+                files.extend(ranks)
+            elif (path / "results.json").is_file():
+                files.append(path / "results.json")
+            else:
+                raise FileNotFoundError(f"{path} holds no results.json or results.rank*.json")
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"no such results file or folder: {path}")
+    merged: dict[tuple, dict[str, Any]] = {}
+    for file in files:
+        try:
+            payload = json.loads(file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{file} is not valid JSON ({err})") from None
+        runs = payload.get("runs") if isinstance(payload, dict) else payload
+        if not isinstance(runs, list):
+            raise ValueError(f"{file} is not a synthsets.evaluate results file (no 'runs' list)")
+        for record in runs:
+            merged[_job_key(record)] = record
+    return list(merged.values())
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+
+
+def _comparable_settings(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.get("settings", {}).items() if k not in ("device",)}
+
+
+def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (dataset, source, INPC, model): mean/std of final and best accuracy.
+
+    Rows keep the order in which datasets, sources and models first appear, INPC ascending.
+    ``periodic`` is true when some run was tested more than once.
+    """
+    order: dict[str, dict[Any, int]] = {"dataset": {}, "source": {}, "model": {}}
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for record in records:
+        for name, seen in order.items():
+            seen.setdefault(record[name], len(seen))
+        groups.setdefault((record["dataset"], record["source"], int(record["inpc"]), record["model"]), []).append(record)
+    rows = []
+    for (dataset, source, inpc, model), group in groups.items():
+        settings = [_comparable_settings(r) for r in group]
+        if any(s != settings[0] for s in settings[1:]):
+            warnings.warn(f"runs of {source} / {dataset} / INPC {inpc} / {model} used different settings", stacklevel=2)
+        final_mean, final_std = _mean_std([float(r["final_acc"]) for r in group])
+        best_mean, best_std = _mean_std([float(r["best_acc"]) for r in group])
+        rows.append({
+            "dataset": dataset, "source": source, "kind": group[0].get("kind"), "inpc": inpc, "model": model,
+            "final_mean": final_mean, "final_std": final_std, "best_mean": best_mean, "best_std": best_std,
+            "runs": len(group), "periodic": any(len(r.get("history") or []) > 1 for r in group),
+            "epochs": group[0].get("epochs"), "settings": group[0].get("settings", {}),
+        })
+    rows.sort(key=lambda r: (order["dataset"][r["dataset"]], order["source"][r["source"]], r["inpc"], order["model"][r["model"]]))
+    return rows
+
+
+def _fmt(mean: float, std: float, runs: int) -> str:
+    return f"{mean:.2f} ± {std:.2f}" if runs > 1 else f"{mean:.2f}"
+
+
+def _protocol_line(rows: Sequence[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    s = rows[0]["settings"] or {}
+    parts = [f"{rows[0]['epochs']} epochs"]
+    if s:
+        aug = s.get("augment", "none")
+        parts.append(
+            f"SGD lr {s.get('lr')} momentum {s.get('momentum')} wd {s.get('weight_decay')} ({s.get('schedule')} schedule), "
+            f"batch {s.get('batch_size')}, {s.get('epoch_images')} images per epoch"
+        )
+        parts.append(f"DSA {aug}" if aug != "none" else "no DSA")
+        if s.get("cutmix"):
+            parts.append(f"CutMix (beta {s.get('cutmix_beta')}, p {s.get('cutmix_prob')})")
+    return (
+        "Test accuracy (%) on the real test set after the last epoch, mean ± std over runs "
+        f"(protocol: {', '.join(parts)})."
+    )
+
+
+def markdown_table(records: Sequence[dict[str, Any]], *, header: bool = True) -> str:
+    """A Markdown table: one row per dataset x source x INPC x model.
+
+    Columns: final accuracy (mean ± std), best of the periodic test evaluations (only
+    when runs were tested periodically, else "—") and the number of runs.
+    """
+    rows = summarize(records)
+    lines = []
+    if header and rows:
+        lines += [_protocol_line(rows), ""]
+    lines += [
+        "| dataset | source | INPC | model | accuracy (%) | best (periodic) | runs |",
+        "|---|---|---:|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        best = _fmt(r["best_mean"], r["best_std"], r["runs"]) if r["periodic"] else "—"
+        lines.append(
+            f"| {r['dataset']} | {r['source']} | {r['inpc']} | {r['model']} | "
+            f"{_fmt(r['final_mean'], r['final_std'], r['runs'])} | {best} | {r['runs']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_accuracy(records: Sequence[dict[str, Any]], path: str | Path) -> Path | None:
+    """Accuracy vs INPC (one panel per dataset x model, one line per source); ``None`` without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        warnings.warn("matplotlib is not installed: skipping the accuracy-vs-INPC plot (pip install matplotlib)", stacklevel=2)
+        return None
+    rows = summarize(records)
+    panels = list(dict.fromkeys((r["dataset"], r["model"]) for r in rows))
+    if not panels:
+        return None
+    cols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.5 * cols, 3.6 * nrows), squeeze=False)
+    for ax, (dataset, model) in zip(axes.flat, panels):
+        panel = [r for r in rows if r["dataset"] == dataset and r["model"] == model]
+        for source in dict.fromkeys(r["source"] for r in panel):
+            line = sorted((r for r in panel if r["source"] == source), key=lambda r: r["inpc"])
+            style = "--" if line[0]["kind"] in BASELINES else "-"
+            ax.errorbar(
+                [r["inpc"] for r in line], [r["final_mean"] for r in line], yerr=[r["final_std"] for r in line],
+                linestyle=style, marker="o", capsize=3, label=source,
+            )
+        inpcs = sorted({r["inpc"] for r in panel})
+        if len(inpcs) > 1 and inpcs[0] > 0:
+            ax.set_xscale("log")
+        ax.set_xticks(inpcs)
+        ax.set_xticklabels([str(v) for v in inpcs])
+        ax.minorticks_off()
+        ax.set_title(f"{dataset} / {model}")
+        ax.set_xlabel("images per class per epoch (INPC)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_outputs(records: Sequence[dict[str, Any]], out: str | Path) -> dict[str, Path | None]:
+    """Write ``results.json``, ``results.md`` and ``accuracy_vs_inpc.png`` into ``out``."""
+    from .hub import atomic_write_text
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    records = list(records)
+    _write_json(out / "results.json", records)
+    atomic_write_text(out / "results.md", "# synthsets.evaluate results\n\n" + markdown_table(records))
+    return {"json": out / "results.json", "markdown": out / "results.md", "plot": plot_accuracy(records, out / PLOT_NAME)}
+
+
+def merge(paths: Sequence[str | Path], out: str | Path | None = None) -> list[dict[str, Any]]:
+    """Merge results files/folders (e.g. one per shard or rank) and write the outputs to ``out``
+    (default: the first folder given)."""
+    records = read_results(paths)
+    if out is None:
+        folders = [Path(p) for p in paths if Path(p).is_dir()]
+        if not folders:
+            raise ValueError("merge: pass out= (--out) when merging files rather than folders")
+        out = folders[0]
+    write_outputs(records, out)
+    return records
+
+
+def update_cards(records: Sequence[dict[str, Any]], sources: Sequence[Source]) -> list[Path]:
+    """Write each local generator's rows (and the baselines on its dataset) into its README.md."""
+    from .card import update_results
+
+    written = []
+    for source in sources:
+        if source.kind != "generator" or source.folder is None:
+            continue
+        mine = [r for r in records if r["source"] == source.label]
+        datasets = {r["dataset"] for r in mine}
+        rows = mine + [r for r in records if r.get("kind") in BASELINES and r["dataset"] in datasets]
+        if not rows:
+            continue
+        text = markdown_table(rows) + "\nMeasured with `python -m synthsets.evaluate`.\n"
+        update_results(source.folder / "README.md", text)
+        written.append(source.folder / "README.md")
+    return written
+
+
+# ----------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    d = ProtocolConfig()
+    p = argparse.ArgumentParser(
+        prog="python -m synthsets.evaluate",
+        description=(
+            "Evaluate DiM generators with the paper's deployment protocol: train fresh models on images "
+            "drawn from each generator (and from real-data baselines) and test them on the real test set. "
+            "Merge shard results with: python -m synthsets.evaluate merge DIR... [--out OUT]"
+        ),
+    )
+    a = p.add_argument
+    a("--generator", "--generators", dest="generators", nargs="+", default=[], metavar="SPEC",
+      help="generator folders, bundled names or Hub ids (LABEL=SPEC sets the row label)")
+    a("--baselines", nargs="+", default=[], choices=BASELINES,
+      help="real-data baselines under the same protocol: random-real (a fixed random subset of INPC "
+           "images per class), whole (fresh draws from the whole training set: the upper bound)")
+    a("--data", help="real dataset: mnist, fashion-mnist, svhn, cifar10, cifar100 or an image folder with train/ "
+      "and test/ (default: the generator's dataset)")
+    a("--root", help="folder holding the torchvision dataset")
+    a("--download", action="store_true", help="let torchvision download the named dataset into --root")
+    a("--image-size", type=int, help="resize the real images (default: the generator's size)")
+    a("--inpc", nargs="+", type=int, default=[1, 10, 50], help="images per class per epoch (default: 1 10 50)")
+    a("--models", nargs="+", default=["convnet3"], help="evaluation models: convnet3, resnet10, resnet18(_ap), vgg11, "
+      "alexnet or any timm name (default: convnet3)")
+    a("--runs", type=int, default=5, help="independent runs per row (default 5)")
+    a("--seed", type=int, default=0, help="run r uses seed SEED + r")
+    a("--epochs", type=int, default=d.epochs, help=f"training epochs (default {d.epochs})")
+    a("--epoch-images", choices=EPOCH_IMAGES, default=d.epoch_images,
+      help="images per epoch: reference = (C*INPC//batch + 1) batches as in the reference code; exact = C*INPC")
+    a("--lr", type=float, default=d.lr)
+    a("--momentum", type=float, default=d.momentum)
+    a("--weight-decay", type=float, default=d.weight_decay)
+    a("--batch-size", type=int, default=d.batch_size)
+    a("--schedule", choices=SCHEDULES, default=d.schedule, help="step: lr x0.1 at half the epochs (default)")
+    a("--augment", default=d.augment, help="DSA strategy applied per sample (default color_crop; none disables)")
+    a("--cutmix", dest="cutmix", action="store_true", default=d.cutmix, help="CutMix after DSA (default on)")
+    a("--no-cutmix", dest="cutmix", action="store_false")
+    a("--cutmix-beta", type=float, default=d.cutmix_beta)
+    a("--cutmix-prob", type=float, default=d.cutmix_prob)
+    a("--test-interval", type=int, default=0, help="also test every N epochs (best periodic accuracy reported "
+      "separately); default 0: test only after the last epoch")
+    a("--device", help="cuda, cuda:1, cpu (default: CUDA when present; under torchrun cuda:LOCAL_RANK)")
+    a("--out", help="output folder for results.json, results.md and accuracy_vs_inpc.png")
+    a("--resume", action="store_true", help="skip runs already in OUT's results file")
+    a("--shard", help="run only slice i of n of the job list (0-based i/n; default under torchrun: RANK/WORLD_SIZE)")
+    a("--merge", nargs="+", metavar="DIR", help="merge results files/folders into --out instead of evaluating")
+    a("--update-card", action="store_true", help="write the results table into each local generator folder's README.md")
+    a("--no-progress", dest="progress", action="store_false")
+    return p
+
+
+def _merge_main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m synthsets.evaluate merge", description="Merge results into one table.")
+    p.add_argument("paths", nargs="+", help="results folders or JSON files")
+    p.add_argument("--out", help="output folder (default: the first folder given)")
+    args = p.parse_args(argv)
+    return _do_merge(args.paths, args.out)
+
+
+def _do_merge(paths: Sequence[str], out: str | None) -> int:
+    try:
+        records = merge(paths, out)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(markdown_table(records))
+    return 0
+
+
+def _init_distributed(world: int) -> bool:
+    """Join torchrun's process group (gloo, for the final barrier only)."""
+    if world <= 1 or not torch.distributed.is_available() or torch.distributed.is_initialized():
+        return False
+    if "MASTER_ADDR" not in os.environ:
+        return False
+    try:
+        torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(days=7))
+    except Exception as err:  # pragma: no cover - depends on the launcher
+        warnings.warn(f"could not join the torchrun process group ({err}); merge the rank files afterwards")
+        return False
+    return True
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "merge":
+        return _merge_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    if args.merge:
+        return _do_merge(args.merge, args.out)
+    if not args.generators and not args.baselines:
+        print("error: give --generator SPEC... and/or --baselines random-real whole", file=sys.stderr)
+        return 2
+    try:
+        shard = parse_shard(args.shard)
+        config = ProtocolConfig(
+            epochs=args.epochs, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+            batch_size=args.batch_size, schedule=args.schedule, augment=args.augment, cutmix=args.cutmix,
+            cutmix_beta=args.cutmix_beta, cutmix_prob=args.cutmix_prob, test_interval=args.test_interval or None,
+            epoch_images=args.epoch_images,
+        )
+        device = args.device
+        rank, world, local_rank = _distributed_env()
+        torchrun = args.shard is None and world > 1
+        if device is None and torch.cuda.is_available():
+            device = f"cuda:{local_rank}" if torchrun else "cuda"
+        sources = [Source.from_spec(spec) for spec in args.generators]
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    joined = _init_distributed(world) if torchrun else False
+    out = Path(args.out) if args.out else None
+    try:
+        records = evaluate(
+            sources, baselines=args.baselines, data=args.data, root=args.root, image_size=args.image_size,
+            download=args.download, inpc=args.inpc, models=args.models, runs=args.runs, seed=args.seed,
+            config=config, device=device, shard=shard, out=out, resume=args.resume, progress=args.progress,
+        )
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if shard[1] > 1:
+        if joined:
+            torch.distributed.barrier()  # every rank has written its results.rank{r}.json
+        if joined and shard[0] == 0 and out is not None:
+            records = read_results([out])  # rank 0 merges all ranks into the outputs below
+        else:
+            if not joined or shard[0] == 0:
+                print(f"shard {shard[0]}/{shard[1]} done; combine the shards with: "
+                      f"python -m synthsets.evaluate merge {out or 'OUT'}", file=sys.stderr)
+            if joined:
+                torch.distributed.destroy_process_group()
+            return 0
+    if out is not None:
+        paths = write_outputs(records, out)
+        if args.update_card:
+            for card in update_cards(records, sources):
+                print(f"updated {card}", file=sys.stderr)
+        shown = ", ".join(str(v) for v in paths.values() if v is not None)
+        print(f"wrote {shown}", file=sys.stderr)
+    elif args.update_card:
+        for card in update_cards(records, sources):
+            print(f"updated {card}", file=sys.stderr)
+    if joined:
+        torch.distributed.destroy_process_group()
+    print(markdown_table(records))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""Write a fixed synthetic set drawn from a generator: an image folder or a safetensors file.
+
+DiM's point is to draw fresh images every epoch, but a fixed set is handy for tools that
+read files (or to compare with classic dataset-distillation methods at a given IPC)::
+
+    train = synthsets.DiM("mnist", inpc=10, seed=0)
+    train.materialize(path="mnist_ipc10")                   # mnist_ipc10/<class>/<i>.png
+    train.materialize(50, path="mnist_ipc50.safetensors")   # tensors "images", "labels"
+    images, labels = train.materialize()                    # in memory
+
+Images are saved as the generator makes them, mapped from ``[-1, 1]`` to ``[0, 1]``,
+without augmentation and without normalisation (apply ``Normalize(mean, std)`` when
+training, as with any image folder; the safetensors metadata records mean/std).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .dataset import SyntheticDataset
+
+__all__ = ["materialize", "load_materialized", "FORMATS"]
+
+#: Accepted values of ``fmt`` (``None`` infers it from the path).
+FORMATS = ("folder", "safetensors")
+_FMT_ALIASES = {"folder": "folder", "imagefolder": "folder", "png": "folder", "safetensors": "safetensors"}
+
+
+def _fixed_images(dataset: "SyntheticDataset", ipc: int) -> tuple[Tensor, Tensor]:
+    """``ipc`` un-augmented images per class in ``[0, 1]`` (class-major) and their labels, on CPU."""
+    from .dataset import SyntheticDataset
+
+    fresh = SyntheticDataset(
+        dataset.generator,
+        ipc,
+        augment=None,
+        device=dataset.device,
+        seed=dataset.seed,
+        batch_size=dataset.batch_size,
+        normalize=False,
+        distributed=False,
+    )
+    images, labels = fresh.epoch_tensors()
+    return images.clamp(0, 1).cpu(), labels.cpu()
+
+
+def _folder_names(classes: list[str]) -> list[str]:
+    """Folder names for ``classes`` that ``ImageFolder`` maps back to the same indices.
+
+    ``ImageFolder`` numbers classes in sorted folder-name order; when the class names do
+    not sort in index order (or clash once made file-system safe), they get a
+    zero-padded index prefix (``"03_dog"``).
+    """
+    safe = [re.sub(r"[\\/:*?\"<>|\x00-\x1f]", "_", str(name)).strip().strip(".") or f"class{i}" for i, name in enumerate(classes)]
+    if sorted(safe) == safe and len(set(safe)) == len(safe):
+        return safe
+    digits = len(str(len(classes) - 1))
+    return [f"{i:0{digits}d}_{name}" for i, name in enumerate(safe)]
+
+
+def _write_folder(images: Tensor, labels: Tensor, classes: list[str], path: Path) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path} exists and is not a folder")
+    names = _folder_names(classes)
+    pixels = images.mul(255).round_().clamp_(0, 255).to(torch.uint8)
+    counters = [0] * len(classes)
+    for image, label in zip(pixels, labels.tolist()):
+        folder = path / names[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        array = image.permute(1, 2, 0).numpy()
+        if array.shape[2] == 1:
+            picture = Image.fromarray(np.ascontiguousarray(array[:, :, 0]))  # 8-bit grey ("L")
+        elif array.shape[2] == 3:
+            picture = Image.fromarray(np.ascontiguousarray(array))  # "RGB"
+        else:
+            raise ValueError(f"cannot write {array.shape[2]}-channel images as PNG; use fmt='safetensors'")
+        picture.save(folder / f"{counters[label]}.png")
+        counters[label] += 1
+    return path
+
+
+def _write_safetensors(images: Tensor, labels: Tensor, dataset: "SyntheticDataset", path: Path) -> Path:
+    from .hub import save_weights
+
+    config = dataset.generator.config
+    metadata = {
+        "format": "synthsets-materialized",
+        "classes": json.dumps(list(dataset.classes)),
+        "mean": json.dumps(list(config.mean)),
+        "std": json.dumps(list(config.std)),
+        "dataset": str(config.dataset or ""),
+        "seed": str(dataset.seed),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_weights(
+        {"images": images.float().contiguous(), "labels": labels.to(torch.int64).contiguous()}, path, metadata=metadata
+    )
+    return path
+
+
+def materialize(
+    dataset: "SyntheticDataset",
+    ipc: int | None = None,
+    path: str | Path | None = None,
+    fmt: str | None = None,
+) -> Path | tuple[Tensor, Tensor]:
+    """Generate a fixed set of ``ipc`` images per class (default ``dataset.inpc``).
+
+    The images come from a fresh, un-augmented :class:`~synthsets.SyntheticDataset` over the
+    same generator and seed (so the same dataset always materialises the same set), in
+    ``[0, 1]`` and not normalised.
+
+    Args:
+        dataset: the synthetic dataset (its generator, seed and device are used).
+        ipc: images per class; default ``dataset.inpc``.
+        path: where to write. ``None`` returns ``(images, labels)`` CPU tensors instead:
+            float ``(N, C, H, W)`` in ``[0, 1]`` and int64 ``(N,)``, class-major.
+        fmt: ``"folder"`` (``path/<class>/<i>.png``, readable by
+            ``torchvision.datasets.ImageFolder``) or ``"safetensors"`` (tensors ``images``
+            and ``labels``; metadata ``classes``, ``mean``, ``std`` as JSON). ``None``:
+            safetensors when ``path`` ends with ``.safetensors``, else a folder.
+
+    Returns:
+        the path written, or ``(images, labels)`` when ``path`` is ``None``.
+    """
+    if ipc is None:
+        ipc = dataset.inpc
+    if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc <= 0:
+        raise ValueError(f"ipc (images per class) must be a positive int, got {ipc!r}")
+    if fmt is not None:
+        key = str(fmt).strip().lower()
+        if key not in _FMT_ALIASES:
+            raise ValueError(f"unknown fmt {fmt!r}; choose one of {', '.join(FORMATS)} (or None to infer from path)")
+        fmt = _FMT_ALIASES[key]
+    images, labels = _fixed_images(dataset, ipc)
+    if path is None:
+        if fmt is not None:
+            raise ValueError(f"fmt={fmt!r} needs a path to write to")
+        return images, labels
+    path = Path(path).expanduser()
+    if fmt is None:
+        fmt = "safetensors" if path.suffix.lower() == ".safetensors" else "folder"
+    if fmt == "safetensors":
+        return _write_safetensors(images, labels, dataset, path)
+    return _write_folder(images, labels, list(dataset.classes), path)
+
+
+def load_materialized(path: str | Path) -> tuple[Tensor, Tensor, dict]:
+    """Read a safetensors file written by :func:`materialize`: ``(images, labels, metadata)``.
+
+    ``metadata`` holds ``classes``, ``mean`` and ``std`` decoded from JSON, plus the other
+    string entries as written.
+    """
+    from safetensors import safe_open
+
+    from .hub import load_safetensors
+
+    path = Path(path)
+    tensors = load_safetensors(path)
+    if "images" not in tensors or "labels" not in tensors:
+        raise ValueError(f"{path} does not hold 'images' and 'labels' tensors; was it written by materialize()?")
+    with safe_open(str(path), framework="pt") as handle:
+        raw = dict(handle.metadata() or {})
+    meta: dict = dict(raw)
+    for key in ("classes", "mean", "std"):
+        if key in raw:
+            meta[key] = json.loads(raw[key])
+    return tensors["images"], tensors["labels"], meta

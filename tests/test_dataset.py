@@ -1,0 +1,454 @@
+"""SyntheticDataset / SyntheticLoader: balance, freshness, seeds, normalisation, loaders, DDP."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+import synthsets
+from synthsets import Generator, SyntheticDataset
+from synthsets.augment import DSA
+from synthsets.dataset import SyntheticLoader
+
+MNIST_MEAN, MNIST_STD = [0.1307], [0.3081]
+
+
+@pytest.fixture
+def gen(make_generator) -> Generator:
+    """28x28 grey generator with MNIST statistics and named classes."""
+    return make_generator(
+        image_size=28,
+        channels=1,
+        mean=MNIST_MEAN,
+        std=MNIST_STD,
+        dataset="toy-mnist",
+        classes=[f"digit{i}" for i in range(10)],
+    )
+
+
+@pytest.fixture
+def gen32(make_generator) -> Generator:
+    return make_generator(image_size=32, channels=3, mean=[0.49, 0.48, 0.45], std=[0.25, 0.24, 0.26])
+
+
+class LabelPainter(Generator):
+    """Paints every pixel with ``2 * label / (C - 1) - 1``, read back from the one-hot noise code."""
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        label = z[:, : self.num_classes].argmax(1).float()
+        value = 2 * label / (self.num_classes - 1) - 1
+        size = self.config.image_size
+        return value.view(-1, 1, 1, 1).expand(-1, self.config.channels, size, size).contiguous()
+
+
+def epoch_items(ds: SyntheticDataset) -> tuple[torch.Tensor, list]:
+    items = [ds[i] for i in range(len(ds))]
+    return torch.stack([x for x, _ in items]), [y for _, y in items]
+
+
+def pairwise_min_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """For each image of ``a``, the mean absolute difference to its closest image in ``b``."""
+    return (a.flatten(1)[:, None] - b.flatten(1)[None]).abs().mean(-1).min(1).values
+
+
+# -- size, balance, labels ------------------------------------------------------------------
+@pytest.mark.parametrize("inpc", [1, 3])
+def test_length_balance_and_item_format(tiny_generator, inpc):
+    c = tiny_generator.config
+    ds = SyntheticDataset(tiny_generator, inpc, device="cpu", seed=0)
+    assert len(ds) == inpc * 10
+    images, labels = epoch_items(ds)
+    assert images.shape == (inpc * 10, c.channels, c.image_size, c.image_size)
+    assert images.dtype == torch.float32 and images.device.type == "cpu"
+    assert all(isinstance(y, int) for y in labels)
+    assert Counter(labels) == {k: inpc for k in range(10)}
+    assert labels == ds.targets
+
+
+def test_targets_are_the_labels_the_images_were_generated_for(make_generator):
+    painter = LabelPainter(make_generator().config)
+    ds = SyntheticDataset(painter, 4, device="cpu", seed=1, augment=None, normalize=False, batch_size=7)
+    images, labels = epoch_items(ds)
+    expected = torch.tensor(labels, dtype=torch.float32) / 9  # pixel value after [-1,1] -> [0,1]
+    assert torch.allclose(images.flatten(1), expected[:, None].expand(-1, images[0].numel()))
+    loader_images, loader_labels = next(iter(ds.loader(batch_size=len(ds))))
+    assert torch.allclose(loader_images.mean((1, 2, 3)), loader_labels.float() / 9)
+
+
+def test_every_image_is_distinct_within_an_epoch(gen):
+    ds = SyntheticDataset(gen, 5, device="cpu", seed=0, augment=None)
+    images, _ = epoch_items(ds)
+    d = (images.flatten(1)[:, None] - images.flatten(1)[None]).abs().mean(-1)
+    assert (d[~torch.eye(len(ds), dtype=torch.bool)] > 1e-3).all()
+
+
+# -- epochs -----------------------------------------------------------------------------------
+def test_set_epoch_gives_fresh_images_and_is_reproducible(gen):
+    ds = SyntheticDataset(gen, 3, device="cpu", seed=11, augment=None)
+    epoch0, labels0 = epoch_items(ds)
+    ds.set_epoch(1)
+    epoch1, labels1 = epoch_items(ds)
+    assert labels0 == labels1  # same class layout every epoch
+    assert (pairwise_min_distance(epoch1, epoch0) > 1e-3).all()  # all images are new
+    ds.set_epoch(0)
+    assert torch.equal(epoch_items(ds)[0], epoch0)  # an epoch can be replayed exactly
+    with pytest.raises(ValueError, match="non-negative int"):
+        ds.set_epoch(-1)
+    with pytest.raises(ValueError, match="non-negative int"):
+        ds.set_epoch(1.0)
+
+
+def test_epoch_advances_automatically_after_a_full_pass(gen):
+    ds = SyntheticDataset(gen, 2, device="cpu", seed=5)
+    reference = SyntheticDataset(gen, 2, device="cpu", seed=5)
+    first, _ = epoch_items(ds)
+    assert ds.epoch == 0
+    second, _ = epoch_items(ds)  # the first access of this pass starts epoch 1
+    assert ds.epoch == 1
+    reference.set_epoch(1)
+    assert torch.equal(second, epoch_items(reference)[0])
+    assert not torch.equal(first, second)
+
+
+def test_items_are_copies_of_the_cached_epoch(gen):
+    ds = SyntheticDataset(gen, 2, device="cpu", seed=0)
+    x, _ = ds[3]
+    kept = x.clone()
+    x.zero_()  # an in-place transform must not alter what the dataset serves
+    assert torch.equal(ds[3][0], kept)
+
+
+def test_epoch_tensors_match_items(gen):
+    ds = SyntheticDataset(gen, 3, device="cpu", seed=2, batch_size=4)
+    images, labels = ds.epoch_tensors()
+    items, item_labels = epoch_items(ds)
+    assert torch.equal(images, items)
+    assert labels.tolist() == item_labels
+
+
+def test_generation_is_batched(gen, monkeypatch):
+    calls = []
+    original = Generator.forward
+
+    def counting(self, z):
+        calls.append(z.shape[0])
+        return original(self, z)
+
+    monkeypatch.setattr(Generator, "forward", counting)
+    ds = SyntheticDataset(gen, 5, device="cpu", seed=0, batch_size=16)
+    epoch_items(ds)
+    assert calls == [16, 16, 16, 2]
+
+
+# -- seeds ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("augment", ["dsa", None])
+def test_same_seed_same_stream_different_seed_different_stream(gen, augment):
+    a = SyntheticDataset(gen, 2, device="cpu", seed=123, augment=augment)
+    b = SyntheticDataset(gen, 2, device="cpu", seed=123, augment=augment)
+    c = SyntheticDataset(gen, 2, device="cpu", seed=124, augment=augment)
+    for epoch in (0, 1):
+        for ds in (a, b, c):
+            ds.set_epoch(epoch)
+        xa, xb, xc = (epoch_items(ds)[0] for ds in (a, b, c))
+        assert torch.equal(xa, xb)
+        assert (pairwise_min_distance(xa, xc) > 1e-3).all()
+
+
+def test_seed_none_follows_torch_manual_seed(gen):
+    torch.manual_seed(2024)
+    a = SyntheticDataset(gen, 1, device="cpu")
+    torch.manual_seed(2024)
+    b = SyntheticDataset(gen, 1, device="cpu")
+    assert isinstance(a.seed, int) and a.seed == b.seed
+    assert torch.equal(epoch_items(a)[0], epoch_items(b)[0])
+
+
+def test_augmentation_is_per_sample_and_seeded(gen):
+    plain = SyntheticDataset(gen, 3, device="cpu", seed=9, augment=None, normalize=False)
+    augmented = SyntheticDataset(gen, 3, device="cpu", seed=9, augment="dsa", normalize=False)
+    assert isinstance(augmented.augment, DSA) and augmented.augment.ops == ("color", "crop")
+    x, y = epoch_items(plain)[0], epoch_items(augmented)[0]
+    assert x.shape == y.shape
+    # colour draws differ per sample: per-image brightness shifts are not all equal
+    shift = (y - x).mean((1, 2, 3))
+    assert shift.std() > 0.05
+    full = SyntheticDataset(gen, 1, device="cpu", seed=9, augment="dsa-full")
+    assert full.augment.ops == ("flip", "color", "crop", "scale", "rotate", "cutout")
+    assert SyntheticDataset(gen, 1, device="cpu", augment="flip_rotate").augment.ops == ("flip", "rotate")
+    assert SyntheticDataset(gen, 1, device="cpu", augment=True).augment.ops == ("color", "crop")
+    for off in (None, False, "none", ""):
+        assert SyntheticDataset(gen, 1, device="cpu", augment=off).augment is None
+
+
+def test_callable_augment_replaces_dsa(gen):
+    seen = []
+
+    def augment(batch):
+        seen.append(batch.shape)
+        return -batch
+
+    ds = SyntheticDataset(gen, 2, device="cpu", seed=3, augment=augment, batch_size=8)
+    plain = SyntheticDataset(gen, 2, device="cpu", seed=3, augment=None, batch_size=8)
+    assert torch.equal(epoch_items(ds)[0], -epoch_items(plain)[0])
+    assert seen == [(8, 1, 28, 28), (8, 1, 28, 28), (4, 1, 28, 28)]  # batches, not single images
+
+
+# -- normalisation ----------------------------------------------------------------------------
+@pytest.mark.parametrize("which", ["gen", "gen32"])
+def test_normalisation_formula(which, request):
+    g = request.getfixturevalue(which)
+    mean = torch.tensor(g.config.mean).view(-1, 1, 1)
+    std = torch.tensor(g.config.std).view(-1, 1, 1)
+    norm = SyntheticDataset(g, 3, device="cpu", seed=4, augment=None, normalize=True)
+    raw = SyntheticDataset(g, 3, device="cpu", seed=4, augment=None, normalize=False)
+    x_norm, _ = epoch_items(norm)
+    x_raw, _ = epoch_items(raw)
+    assert x_raw.min() >= 0 and x_raw.max() <= 1
+    pixels = x_norm * std + mean  # documented inverse: back to [0, 1]
+    assert pixels.min() >= -1e-6 and pixels.max() <= 1 + 1e-6
+    assert torch.allclose(pixels, x_raw, atol=1e-6)
+    # and it is what torchvision's Normalize(mean, std) does to [0, 1] images
+    assert torch.allclose(x_norm, (x_raw - mean) / std, atol=1e-6)
+    with torch.no_grad():
+        assert x_raw.std() > 0.02  # not a constant image
+
+
+# -- DataLoader and the fast loader -----------------------------------------------------------
+def test_torch_dataloader_epochs_are_balanced_and_fresh(gen):
+    ds = SyntheticDataset(gen, 4, device="cpu", seed=0, augment=None)
+    loader = DataLoader(ds, batch_size=8, shuffle=True, num_workers=0)
+    epochs = []
+    for _ in range(2):
+        xs, ys = zip(*loader)
+        images, labels = torch.cat(xs), torch.cat(ys)
+        assert images.shape == (40, 1, 28, 28)
+        assert Counter(labels.tolist()) == {k: 4 for k in range(10)}
+        epochs.append(images)
+    assert ds.epoch == 1
+    assert (pairwise_min_distance(epochs[1], epochs[0]) > 1e-3).all()
+
+
+def test_fast_loader_covers_a_balanced_fresh_epoch_per_iteration(gen):
+    ds = SyntheticDataset(gen, 5, device="cpu", seed=7, augment=None)
+    loader = ds.loader(batch_size=16)
+    assert isinstance(loader, SyntheticLoader)
+    assert len(loader) == 4  # ceil(50 / 16)
+    epochs = []
+    for expected_epoch in (0, 1, 2):
+        batches = list(loader)
+        assert ds.epoch == expected_epoch
+        assert [len(y) for _, y in batches] == [16, 16, 16, 2]
+        assert all(x.device == ds.device and y.device == ds.device for x, y in batches)
+        assert all(y.dtype == torch.long for _, y in batches)
+        labels = torch.cat([y for _, y in batches])
+        images = torch.cat([x for x, _ in batches])
+        assert Counter(labels.tolist()) == {k: 5 for k in range(10)}
+        assert labels.tolist() != sorted(labels.tolist())  # shuffled
+        epochs.append(images)
+    assert (pairwise_min_distance(epochs[1], epochs[0]) > 1e-3).all()
+    assert (pairwise_min_distance(epochs[2], epochs[1]) > 1e-3).all()
+    # the fast path serves exactly the images of per-item access for the same epoch
+    twin = SyntheticDataset(gen, 5, device="cpu", seed=7, augment=None)
+    twin.set_epoch(2)
+    assert (pairwise_min_distance(epochs[2], epoch_items(twin)[0]) == 0).all()
+
+
+def test_fast_loader_options(gen):
+    ds = SyntheticDataset(gen, 5, device="cpu", seed=7)
+    ordered = list(ds.loader(batch_size=16, shuffle=False, drop_last=True))
+    assert [len(y) for _, y in ordered] == [16, 16, 16]
+    labels = torch.cat([y for _, y in ordered]).tolist()
+    assert labels == sorted(labels)
+    with pytest.raises(ValueError, match="batch_size"):
+        ds.loader(batch_size=0)
+
+
+def test_fast_loader_after_item_access_starts_a_new_epoch(gen):
+    ds = SyntheticDataset(gen, 1, device="cpu", seed=0)
+    ds[0]
+    next(iter(ds.loader()))
+    assert ds.epoch == 1
+
+
+def test_transform_and_target_transform(gen):
+    plain = SyntheticDataset(gen, 2, device="cpu", seed=1)
+    ds = SyntheticDataset(
+        gen,
+        2,
+        device="cpu",
+        seed=1,
+        transform=lambda x: x.flip(-1),
+        target_transform=lambda y: y + 100,
+    )
+    x_plain, y_plain = epoch_items(plain)
+    x, y = epoch_items(ds)
+    assert torch.equal(x, x_plain.flip(-1))
+    assert y == [t + 100 for t in y_plain]
+    ds.set_epoch(0)
+    plain.set_epoch(0)
+    batch_x, batch_y = next(iter(ds.loader(batch_size=len(ds), shuffle=False)))
+    assert torch.equal(batch_x, x_plain.flip(-1))
+    assert batch_y.tolist() == [t + 100 for t in y_plain]
+    named = SyntheticDataset(gen, 1, device="cpu", target_transform=lambda t: gen.config.classes[t])
+    assert named[0][1] == "digit0"
+
+
+# -- torchvision-style attributes ---------------------------------------------------------------
+def test_classes_and_attributes(gen):
+    ds = SyntheticDataset(gen, 2, device="cpu", seed=0)
+    assert ds.classes == [f"digit{i}" for i in range(10)]
+    assert ds.class_to_idx == {f"digit{i}": i for i in range(10)}
+    assert (ds.num_classes, ds.channels, ds.image_size) == (10, 1, 28)
+    assert ds.inpc == 2 and ds.seed == 0 and ds.device == torch.device("cpu")
+    assert ds.generator is gen and not gen.training
+
+
+def test_repr(gen):
+    ds = SyntheticDataset(gen, 3, device="cpu", seed=42, transform=torch.nn.Identity())
+    text = repr(ds)
+    for part in (
+        "Dataset SyntheticDataset",
+        "toy-mnist",
+        "Number of datapoints: 30",
+        "3 per class x 10 classes",
+        "1x28x28",
+        "mean [0.1307], std [0.3081]",
+        "DSA(strategy='color_crop')",
+        "seed: 42",
+        "epoch: 0",
+        "Transform: Identity()",
+    ):
+        assert part in text, part
+    assert "in [0, 1]" in repr(SyntheticDataset(gen, 1, device="cpu", normalize=False, augment=None))
+
+
+def test_indexing(gen):
+    ds = SyntheticDataset(gen, 2, device="cpu", seed=0)
+    last = ds[19]
+    assert torch.equal(ds[-1][0], last[0]) and ds[-1][1] == last[1] == 9
+    assert torch.equal(ds[np.int64(19)][0], last[0])
+    assert torch.equal(ds[torch.tensor(19)][0], last[0])
+    for bad in (20, -21):
+        with pytest.raises(IndexError, match="out of range"):
+            ds[bad]
+    for bad in ("0", 1.0, None):
+        with pytest.raises(TypeError, match="index must be an int"):
+            ds[bad]
+
+
+# -- argument checking ---------------------------------------------------------------------------
+@pytest.mark.parametrize("inpc", [0, -1, 2.5, "10", True, None])
+def test_bad_inpc(gen, inpc):
+    with pytest.raises(ValueError, match="inpc .* positive int"):
+        SyntheticDataset(gen, inpc)
+    with pytest.raises(ValueError, match="inpc .* positive int"):
+        synthsets.DiM("does-not-matter", inpc=inpc)
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        ({"seed": "x"}, TypeError, "seed must be an int"),
+        ({"seed": 1.5}, TypeError, "seed must be an int"),
+        ({"augment": 42}, TypeError, "augment must be 'dsa'"),
+        ({"augment": "color_blur"}, ValueError, "unknown DSA op 'blur'"),
+        ({"batch_size": 0}, ValueError, "batch_size must be a positive int"),
+        ({"transform": "flip"}, TypeError, "transform must be callable"),
+        ({"target_transform": 3}, TypeError, "target_transform must be callable"),
+        ({"distributed": "yes"}, ValueError, "distributed must be"),
+    ],
+)
+def test_bad_arguments(gen, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        SyntheticDataset(gen, 1, **kwargs)
+
+
+@pytest.mark.parametrize("generator", [None, "mnist", torch.nn.Linear(100, 10)])
+def test_generator_must_be_a_generator(generator):
+    with pytest.raises(TypeError, match="generator must be a synthsets.Generator"):
+        SyntheticDataset(generator, 1)
+
+
+def test_dataloader_workers_are_warned_about(gen, monkeypatch):
+    monkeypatch.setattr("synthsets.dataset.get_worker_info", lambda: object())
+    ds = SyntheticDataset(gen, 1, device="cpu", seed=0)
+    with pytest.warns(RuntimeWarning, match="num_workers=0"):
+        ds[0]
+
+
+# -- distributed sharding ------------------------------------------------------------------------
+def test_uneven_shards_have_equal_length_and_cover_the_epoch(gen, monkeypatch):
+    full = SyntheticDataset(gen, 5, device="cpu", seed=3, augment=None, distributed=False)
+    full_images, full_labels = epoch_items(full)
+    seen = []
+    for rank in range(3):
+        monkeypatch.setattr("synthsets.dataset._dist_rank_world", lambda rank=rank: (rank, 3))
+        shard = SyntheticDataset(gen, 5, device="cpu", seed=3, augment=None)
+        assert len(shard) == 17  # ceil(50 / 3): equal lengths keep DDP ranks in step
+        assert "rank %d of 3" % rank in repr(shard)
+        images, labels = epoch_items(shard)
+        index = [(rank + 3 * i) % 50 for i in range(17)]
+        assert torch.equal(images, full_images[index])
+        assert labels == [full_labels[i] for i in index]
+        seen += index
+    assert set(seen) == set(range(50))
+    # distributed=False ignores the process group
+    monkeypatch.setattr("synthsets.dataset._dist_rank_world", lambda: (1, 3))
+    assert len(SyntheticDataset(gen, 5, device="cpu", seed=3, distributed=False)) == 50
+
+
+def _ddp_worker(rank: int, world_size: int, folder: str, init_file: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        torch.manual_seed(1000 + rank)  # seed=None: rank 0's draw must be broadcast
+        generator = Generator.from_pretrained(folder)
+        ds = SyntheticDataset(generator, 3, device="cpu", augment=None)
+        out = {"seed": ds.seed, "len": len(ds), "repr": repr(ds), "targets": list(ds.targets)}
+        out["epoch0"] = torch.stack([ds[i][0] for i in range(len(ds))])
+        out["labels0"] = [ds[i][1] for i in range(len(ds))]
+        ds.set_epoch(1)
+        out["epoch1"], out["labels1"] = (t.cpu() for t in ds.epoch_tensors())
+        torch.save(out, os.path.join(folder, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_two_gloo_ranks_get_disjoint_balanced_shards(make_generator, tmp_path):
+    import torch.multiprocessing as mp
+
+    folder = tmp_path / "gen"
+    generator = make_generator(image_size=28, channels=1)
+    generator.save_pretrained(folder)
+    mp.spawn(_ddp_worker, args=(2, str(folder), str(tmp_path / "rendezvous")), nprocs=2, join=True)
+    results = [torch.load(folder / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+    assert results[0]["seed"] == results[1]["seed"]  # shared stream
+    assert [r["len"] for r in results] == [15, 15]
+    assert "rank 1 of 2" in results[1]["repr"]
+    for r in results:
+        assert r["labels0"] == r["targets"]
+    labels = results[0]["labels0"] + results[1]["labels0"]
+    assert Counter(labels) == {k: 3 for k in range(10)}  # the union is exactly balanced
+    assert (pairwise_min_distance(results[0]["epoch0"], results[1]["epoch0"]) > 1e-3).all()  # disjoint
+
+    # each shard is the rank::2 slice of the single-process epoch with the same seed
+    full = SyntheticDataset(Generator.from_pretrained(folder), 3, device="cpu", augment=None,
+                            seed=results[0]["seed"], distributed=False)
+    full_images, full_labels = epoch_items(full)
+    for rank, r in enumerate(results):
+        assert torch.equal(r["epoch0"], full_images[rank::2])
+        assert r["labels0"] == full_labels[rank::2]
+    # epoch 1 is fresh on both ranks and still balanced overall
+    labels1 = results[0]["labels1"].tolist() + results[1]["labels1"].tolist()
+    assert Counter(labels1) == {k: 3 for k in range(10)}
+    for r in results:
+        assert (pairwise_min_distance(r["epoch1"], r["epoch0"]) > 1e-3).all()

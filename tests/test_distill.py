@@ -1,0 +1,533 @@
+"""Tests of ``synthsets.distill`` (the DiM trainer and its CLI) and of the real-data loader.
+
+Everything runs on the CPU on tiny image folders written by the tests (3 classes, 12
+training images each) with the ``tiny`` preset, so a whole two-stage run takes about a
+second. One test starts a 2-process gloo DDP run through ``torch.distributed.run``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import synthsets
+from synthsets import distill as distill_mod
+from synthsets.augment import DSA
+from synthsets.checkpoint import load_checkpoint
+from synthsets.data import DataNotFoundError, load_real
+from synthsets.distill import PRESETS, DistillConfig, Distiller, apply_preset, main
+
+REPO_ROOT = Path(synthsets.__file__).resolve().parent.parent
+CLASSES = ["ant", "bee", "cat"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a small, shared CPU, two threads on tiny tensors are far
+    slower (they spin against each other and against any other process)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# -- tiny image folders ---------------------------------------------------------------------
+def write_folder(root: Path, size: int, mode: str, n_train: int = 12, n_test: int = 4, seed: int = 0) -> Path:
+    """``root/train/<class>/*.png`` and ``root/test/<class>/*.png``; classes differ in brightness."""
+    rng = np.random.default_rng(seed)
+    shape = (size, size) if mode == "L" else (size, size, 3)
+    for split, count in (("train", n_train), ("test", n_test)):
+        if count == 0:
+            continue
+        for c, name in enumerate(CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                pixels = (rng.integers(0, 128, shape) + 60 * c).clip(0, 255).astype(np.uint8)
+                Image.fromarray(pixels).convert(mode).save(folder / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def grey28(tmp_path_factory) -> Path:
+    return write_folder(tmp_path_factory.mktemp("grey28"), 28, "L")
+
+
+@pytest.fixture(scope="module")
+def rgb32(tmp_path_factory) -> Path:
+    return write_folder(tmp_path_factory.mktemp("rgb32"), 32, "RGB", seed=1)
+
+
+FOLDERS = {"28px-1ch": ("grey28", 28, 1), "32px-3ch": ("rgb32", 32, 3)}
+
+
+def run_cli(data: Path, out: Path, *extra: str) -> int:
+    return main(["--data", str(data), "--out", str(out), "--preset", "tiny", "--device", "cpu", "--no-progress", *extra])
+
+
+def read_log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def tmp_files(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
+
+
+def tiny_config(data: Path, out: Path, **overrides) -> DistillConfig:
+    config = apply_preset(DistillConfig(data=str(data), out=str(out), preset="tiny", device="cpu", progress=False))
+    return DistillConfig(**{**config.__dict__, **overrides})
+
+
+# -- 1. real data -----------------------------------------------------------------------------
+@pytest.mark.parametrize("variant", FOLDERS)
+def test_load_real_image_folder(variant, request):
+    fixture, size, channels = FOLDERS[variant]
+    real = load_real(request.getfixturevalue(fixture))
+    assert real.classes == CLASSES and real.num_classes == 3
+    assert (real.channels, real.image_size) == (channels, size)
+    assert real.train.images.shape == (36, channels, size, size)
+    assert real.train.images.dtype == torch.float32
+    assert torch.bincount(real.train.labels).tolist() == [12, 12, 12]
+    assert real.test is not None and real.test.images.shape == (12, channels, size, size)
+    assert len(real.mean) == len(real.std) == channels
+    # normalised with the training set's own statistics
+    assert real.train.images.mean().abs() < 0.05
+    assert abs(real.train.images.std().item() - 1) < 0.05
+    # classes were written with increasing brightness: labels follow the folders
+    per_class = [real.train.images[real.train.labels == c].mean().item() for c in range(3)]
+    assert per_class == sorted(per_class)
+
+
+def test_load_real_resizes(tmp_path):
+    folder = write_folder(tmp_path / "small", 20, "L", n_train=3, n_test=2)
+    assert load_real(folder).image_size == 20
+    real = load_real(folder, image_size=28)
+    assert real.image_size == 28 and real.train.images.shape == (9, 1, 28, 28)
+    assert real.test.images.shape == (6, 1, 28, 28)
+
+
+def test_cli_asks_for_image_size(tmp_path, capsys):
+    folder = write_folder(tmp_path / "small", 20, "L", n_train=3, n_test=1)
+    assert run_cli(folder, tmp_path / "out") == 2
+    assert "--image-size" in capsys.readouterr().err
+
+
+def test_load_real_missing_folder(tmp_path):
+    missing = tmp_path / "no" / "such" / "folder"
+    with pytest.raises(DataNotFoundError, match="looked for the folder") as info:
+        load_real(missing)
+    assert str(missing) in str(info.value)
+
+
+def test_load_real_unknown_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataNotFoundError) as info:
+        load_real("imagenet-9000")
+    message = str(info.value)
+    assert "mnist" in message and "cifar10" in message  # lists the known names
+    assert str(tmp_path / "imagenet-9000") in message  # and where it looked
+
+
+def test_load_real_torchvision_name_needs_root(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataNotFoundError, match="--root"):
+        load_real("mnist")
+    with pytest.raises(DataNotFoundError, match="--root"):
+        load_real("CIFAR-10")  # aliases are recognised
+
+
+def test_load_real_torchvision_missing_under_root(tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    with pytest.raises(DataNotFoundError) as info:
+        load_real("mnist", root)
+    assert str(root) in str(info.value)
+
+
+def test_cli_reports_missing_data(tmp_path, capsys):
+    assert run_cli(tmp_path / "missing", tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and str(tmp_path / "missing") in err
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_load_real_bad_folders(tmp_path):
+    (tmp_path / "flat").mkdir()
+    Image.new("L", (28, 28)).save(tmp_path / "flat" / "a.png")
+    with pytest.raises(DataNotFoundError, match="class sub-folders"):
+        load_real(tmp_path / "flat")
+    (tmp_path / "empty" / "train" / "a").mkdir(parents=True)
+    (tmp_path / "empty" / "train" / "b").mkdir(parents=True)
+    with pytest.raises(DataNotFoundError):
+        load_real(tmp_path / "empty")
+    mixed = write_folder(tmp_path / "mixed", 28, "L", n_train=2, n_test=0)
+    Image.new("L", (32, 32)).save(mixed / "train" / "ant" / "big.png")
+    with pytest.raises(ValueError, match="image-size"):
+        load_real(mixed)
+    assert load_real(mixed, image_size=32).train.images.shape == (7, 1, 32, 32)
+
+
+# -- 2. end-to-end runs -------------------------------------------------------------------------
+def check_run(out: Path, size: int, channels: int, epochs: list[int], stages: list[int]) -> None:
+    for name in ("config.json", "model.safetensors", "README.md", "distill_config.json"):
+        assert (out / name).is_file(), name
+    assert (out / "stage1" / "config.json").is_file() and (out / "stage1" / "model.safetensors").is_file()
+    assert (out / "checkpoints" / "last.safetensors").is_file()
+    assert tmp_files(out) == []
+
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\n")
+    front = card.split("---\n")[1]
+    assert "library_name: synthsets" in front.splitlines()
+    yaml = pytest.importorskip("yaml")
+    assert yaml.safe_load(front)["library_name"] == "synthsets"
+
+    records = read_log(out)
+    assert [r["epoch"] for r in records] == epochs
+    assert [r["stage"] for r in records] == stages
+    for r in records:
+        losses = {k: v for k, v in r.items() if k in ("d_loss", "g_loss", "gp", "wdist", "match", "pool_ce")}
+        assert {"d_loss", "g_loss", "gp"} <= set(losses)
+        if r["stage"] == 2:
+            assert {"match", "pool_ce"} <= set(losses) and r["pool_model"] == "convnet3"
+        assert all(math.isfinite(v) for v in losses.values()), r
+
+    samples = sorted(p.name for p in (out / "samples").glob("*.png"))
+    assert samples == [f"epoch_{e:04d}.png" for e in epochs] + ["final.png"]
+    with Image.open(out / "samples" / "final.png") as grid:
+        assert grid.size[0] > size and grid.size[1] > size
+
+    train = synthsets.DiM(out, inpc=2, device="cpu", seed=0)
+    assert len(train) == 2 * 3 and train.classes == CLASSES
+    x, y = train[0]
+    assert x.shape == (channels, size, size) and torch.isfinite(x).all()
+    assert 0 <= int(y) < 3
+    assert sorted(int(train[i][1]) for i in range(len(train))) == [0, 0, 1, 1, 2, 2]
+
+
+@pytest.mark.parametrize("variant", FOLDERS)
+def test_end_to_end(variant, request, tmp_path):
+    fixture, size, channels = FOLDERS[variant]
+    out = tmp_path / "run"
+    assert run_cli(request.getfixturevalue(fixture), out, "--stage1-epochs", "2") == 0
+    check_run(out, size, channels, epochs=[1, 2, 3], stages=[1, 1, 2])
+    config = json.loads((out / "config.json").read_text())
+    assert (config["channels"], config["image_size"], config["num_classes"]) == (channels, size, 3)
+    assert config["width"] == PRESETS["tiny"]["width"]
+    assert config["classes"] == CLASSES
+    # stage1/ is the generator after stage 1, not the final one
+    final, stage1 = load_file(out / "model.safetensors"), load_file(out / "stage1" / "model.safetensors")
+    assert not all(torch.equal(final[k], stage1[k]) for k in final)
+    _, meta = load_checkpoint(out / "checkpoints" / "last.safetensors")
+    assert meta["epoch"] == 3
+
+
+def test_library_call(rgb32, tmp_path):
+    out = distill_mod.distill(data=str(rgb32), out=str(tmp_path / "run"), preset="tiny", device="cpu",
+                              progress=False, stage2_epochs=0)
+    assert out == tmp_path / "run"
+    assert [r["stage"] for r in read_log(out)] == [1]
+    assert synthsets.Generator.from_pretrained(out).config.width == PRESETS["tiny"]["width"]
+
+
+# -- 3. logits matching ------------------------------------------------------------------------
+@pytest.fixture
+def trainer(grey28, tmp_path):
+    torch.manual_seed(0)
+    d = Distiller(tiny_config(grey28, tmp_path / "run"))
+    yield d
+    d.close()
+
+
+def trained_pool_model(d: Distiller) -> torch.nn.Module:
+    model, opt, name = d._new_pool_model(d.cfg.stage1_epochs)
+    assert name == "convnet3"
+    d._train_pool_model(model, opt, 2)
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    return model
+
+
+def test_matching_uses_one_siamese_draw(trainer, monkeypatch):
+    calls = []
+    original = DSA.pair
+
+    def spy(self, a, b, generator=None, siamese=True):
+        calls.append((a, b, siamese))
+        return original(self, a, b, generator=generator, siamese=siamese)
+
+    monkeypatch.setattr(DSA, "pair", spy)
+    record = trainer.run_epoch(trainer.cfg.stage1_epochs)  # a stage-2 epoch
+    assert record["stage"] == 2 and math.isfinite(record["match"])
+    steps = PRESETS["tiny"]["stage2_steps_per_epoch"]
+    assert len(calls) == steps  # once per generator step
+    batch = PRESETS["tiny"]["batch_size"]
+    for real, fake, siamese in calls:
+        assert siamese is True
+        assert real.shape == fake.shape == (batch, 1, 28, 28)
+        assert not real.requires_grad and fake.requires_grad  # the fake batch comes from G
+        assert fake.grad_fn is not None
+    # the real batch is a batch of (normalised) training images
+    flat = trainer.train_x.flatten(1)
+    for row in calls[0][0].flatten(1):
+        assert torch.isclose(flat, row, atol=1e-5).all(dim=1).any()
+
+
+def test_no_siamese_flag(trainer, monkeypatch):
+    seen = []
+    monkeypatch.setattr(DSA, "pair", lambda self, a, b, generator=None, siamese=True: seen.append(siamese) or (a, b))
+    trainer.cfg.siamese = False
+    model = trained_pool_model(trainer)
+    x = trainer.train_x[:4]
+    trainer.matching_loss(model, x, x)
+    assert seen == [False]
+    assert distill_mod.build_parser().parse_args(["--data", "x", "--out", "y", "--no-siamese"]).siamese is False
+
+
+def test_matching_loss_zero_for_identical_batches(trainer):
+    model = trained_pool_model(trainer)
+    x = trainer.train_x[:8]
+    for _ in range(3):  # several random DSA draws: one shared draw gives identical views
+        loss = trainer.matching_loss(model, x, x.clone())
+        assert loss.item() == 0.0
+    other = trainer.train_x[8:16]
+    assert trainer.matching_loss(model, x, other).item() > 0
+
+
+def test_matching_gradient_reaches_generator(trainer):
+    model = trained_pool_model(trainer)
+    pool_grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
+    G = trainer.G
+    labels = trainer.train_y[:8]
+    fake = G(G.make_noise(labels))
+    real = trainer.train_x[:8]
+    G.zero_grad(set_to_none=True)
+    loss = trainer.matching_loss(model, real, trainer.to_classifier(fake))
+    assert loss.item() > 0
+    loss.backward()
+    for name, p in G.named_parameters():
+        assert p.grad is not None, name
+        assert p.grad.abs().sum() > 0, name
+    for before, p in zip(pool_grads, model.parameters()):  # L_m does not train the pool model
+        assert (before is None and p.grad is None) or torch.equal(before, p.grad)
+
+
+def test_generator_step_adds_weighted_matching(trainer, monkeypatch):
+    model = trained_pool_model(trainer)
+    idx = torch.arange(8)
+    real, labels = trainer.to_gan(trainer.train_x[idx]), trainer.train_y[idx]
+    z = trainer.G.make_noise(labels)
+    stats = trainer._generator_step(real, labels, z, model)
+    assert {"g_loss", "match"} <= set(stats) and stats["match"] > 0
+    # the GAN part alone when there is no matcher
+    assert set(trainer._generator_step(real, labels, z, None)) == {"g_loss"}
+
+
+def test_real_and_gan_ranges_round_trip(trainer):
+    x = trainer.train_x[:4]
+    pm = trainer.to_gan(x)
+    assert pm.min() >= -1 - 1e-5 and pm.max() <= 1 + 1e-5
+    assert torch.allclose(trainer.to_classifier(pm), x, atol=1e-5)
+
+
+# -- 4. checkpoints and resume -------------------------------------------------------------------
+def assert_same_tensors(a: Path, b: Path) -> None:
+    ta, tb = load_file(a), load_file(b)
+    assert ta.keys() == tb.keys()
+    for key in ta:
+        assert torch.equal(ta[key], tb[key]), key
+
+
+SCHEDULE = ("--stage1-epochs", "2", "--stage2-epochs", "1")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(grey28, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("uninterrupted") / "run"
+    assert run_cli(grey28, out, *SCHEDULE) == 0
+    return out
+
+
+@pytest.mark.parametrize("stop_at", [1, 2], ids=["in-stage1", "at-stage-boundary"])
+def test_resume_matches_uninterrupted_run(stop_at, grey28, uninterrupted, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    original = Distiller.run_epoch
+
+    def interrupted(self, epoch):
+        if epoch == stop_at:
+            raise KeyboardInterrupt
+        return original(self, epoch)
+
+    monkeypatch.setattr(Distiller, "run_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_cli(grey28, out, *SCHEDULE)
+    monkeypatch.setattr(Distiller, "run_epoch", original)
+
+    _, meta = load_checkpoint(out / "checkpoints" / "last.safetensors")
+    assert meta["epoch"] == stop_at
+    assert [r["epoch"] for r in read_log(out)] == list(range(1, stop_at + 1))
+    assert tmp_files(out) == []
+    assert not (out / "model.safetensors").exists()  # the final generator is written at the end only
+
+    assert run_cli(grey28, out, *SCHEDULE, "--resume") == 0
+    for name in ("model.safetensors", "stage1/model.safetensors", "checkpoints/last.safetensors"):
+        assert_same_tensors(uninterrupted / name, out / name)
+    # the log is the uninterrupted one (same losses, each epoch once)
+    strip = lambda records: [{k: v for k, v in r.items() if k != "seconds"} for r in records]  # noqa: E731
+    assert strip(read_log(out)) == strip(read_log(uninterrupted))
+    check_run(out, 28, 1, epochs=[1, 2, 3], stages=[1, 1, 2])
+
+
+def test_resume_drops_log_records_after_the_checkpoint(grey28, tmp_path):
+    out = tmp_path / "run"
+    assert run_cli(grey28, out, "--stage2-epochs", "0") == 0
+    with open(out / "log.jsonl", "a") as handle:  # an epoch logged, then killed before its checkpoint
+        handle.write(json.dumps({"epoch": 2, "stage": 1, "d_loss": 1.0}) + "\n" + '{"epoch": 3, "sta')
+    assert run_cli(grey28, out, "--stage1-epochs", "2", "--stage2-epochs", "0", "--resume") == 0
+    records = read_log(out)
+    assert [r["epoch"] for r in records] == [1, 2] and "g_loss" in records[1]
+
+
+def test_existing_run_needs_resume(grey28, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli(grey28, out, "--stage2-epochs", "0") == 0
+    before = (out / "checkpoints" / "last.safetensors").read_bytes()
+    capsys.readouterr()
+    assert run_cli(grey28, out, "--stage2-epochs", "0") == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "--resume" in err
+    assert (out / "checkpoints" / "last.safetensors").read_bytes() == before
+    with pytest.raises(FileExistsError):
+        distill_mod.distill(tiny_config(grey28, out, stage2_epochs=0))
+    # a finished run resumed with the same schedule has nothing left to do
+    assert run_cli(grey28, out, "--stage2-epochs", "0", "--resume") == 0
+    assert len(read_log(out)) == 1
+
+
+def test_resume_with_other_architecture_is_refused(grey28, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli(grey28, out, "--stage2-epochs", "0") == 0
+    capsys.readouterr()
+    assert run_cli(grey28, out, "--stage2-epochs", "0", "--width", "8", "--resume") == 2
+    assert "width" in capsys.readouterr().err
+
+
+def test_resume_without_checkpoint_starts_fresh(grey28, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli(grey28, out, "--stage2-epochs", "0", "--resume") == 0
+    assert "starting from scratch" in capsys.readouterr().err
+    assert [r["epoch"] for r in read_log(out)] == [1]
+
+
+def test_checkpoint_write_is_atomic(trainer, monkeypatch):
+    trainer.cfg.progress = False
+    trainer.out.mkdir(parents=True)
+    trainer.save_checkpoint()
+    path = trainer.checkpoint_path
+    before = path.read_bytes()
+    trainer.epoch = 5
+    import synthsets.hub as hub
+
+    def failing_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(hub.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        trainer.save_checkpoint()
+    monkeypatch.undo()
+    assert path.read_bytes() == before  # the old checkpoint is intact
+    assert tmp_files(trainer.out) == []  # and the partial file is gone
+    # the checkpoint round-trips every part
+    parts, meta = load_checkpoint(path)
+    assert meta["epoch"] == 0 and set(parts) == {"generator", "discriminator", "opt_g", "opt_d"}
+    for key, value in trainer.G.state_dict().items():
+        assert torch.equal(parts["generator"][key], value)
+
+
+# -- 5. distributed (2 processes, gloo) -------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+def test_ddp_two_processes_gloo(rgb32, tmp_path):
+    out = tmp_path / "ddp"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    env["OMP_NUM_THREADS"] = "1"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+        "-m", "synthsets.distill", "--data", str(rgb32), "--out", str(out),
+        "--preset", "tiny", "--device", "cpu", "--no-progress", "--stage1-epochs", "2",
+    ]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.count("generator written to") == 1  # rank 0 reports
+    assert list(tmp_path.rglob("log.jsonl")) == [out / "log.jsonl"]
+    check_run(out, 32, 3, epochs=[1, 2, 3], stages=[1, 1, 2])
+    _, meta = load_checkpoint(out / "checkpoints" / "last.safetensors")
+    assert meta["world_size"] == 2 and meta["epoch"] == 3
+
+
+# -- 6. presets and flags -------------------------------------------------------------------------
+@pytest.fixture
+def captured(monkeypatch):
+    """Run ``main`` without training: capture the final config."""
+    seen = []
+
+    def fake_run(config, resume, real=None):
+        seen.append(config)
+        return Path(config.out)
+
+    monkeypatch.setattr(distill_mod, "_run", fake_run)
+    return seen
+
+
+@pytest.mark.parametrize(
+    "flags, width",
+    [([], PRESETS["tiny"]["width"]), (["--width", "8"], 8), (["--width=8"], 8), (["--wid", "8"], 8), (["--width", "196"], 196)],
+    ids=["preset", "flag", "flag=value", "abbreviated", "flag-equal-to-default"],
+)
+def test_explicit_flags_win_over_preset(flags, width, captured, tmp_path):
+    assert main(["--data", "d", "--out", str(tmp_path), "--preset", "tiny", *flags]) == 0
+    (config,) = captured
+    assert config.width == width
+    assert config.disc_width == PRESETS["tiny"]["disc_width"]  # the rest still comes from the preset
+    assert config.batch_size == PRESETS["tiny"]["batch_size"]
+
+
+def test_flags_without_preset_are_paper_defaults(captured, tmp_path):
+    assert main(["--data", "d", "--out", str(tmp_path), "--lambda", "0.5", "--no-siamese"]) == 0
+    (config,) = captured
+    assert config == DistillConfig(data="d", out=str(tmp_path), match_weight=0.5, siamese=False)
+    assert (config.width, config.stage1_epochs, config.inner_steps, config.stage2_lr) == (196, 120, 16, 5e-6)
+
+
+def test_library_preset_keeps_explicit_values(captured, tmp_path):
+    distill_mod.distill(data="d", out=str(tmp_path), preset="tiny", width=8)
+    distill_mod.distill(DistillConfig(data="d", out=str(tmp_path), preset="tiny", width=8))
+    assert [c.width for c in captured] == [8, 8]
+    assert all(c.disc_width == PRESETS["tiny"]["disc_width"] for c in captured)
+    with pytest.raises(ValueError, match="unknown preset"):
+        distill_mod.distill(data="d", out=str(tmp_path), preset="huge")
+
+
+def test_end_to_end_width_flag_with_preset(grey28, tmp_path):
+    out = tmp_path / "run"
+    assert run_cli(grey28, out, "--width", "8", "--stage2-epochs", "0") == 0
+    assert json.loads((out / "config.json").read_text())["width"] == 8
+    saved = json.loads((out / "distill_config.json").read_text())
+    assert saved["width"] == 8 and saved["disc_width"] == PRESETS["tiny"]["disc_width"]

@@ -1,0 +1,389 @@
+"""Tests of synthsets.evaluate (the deployment protocol, baselines, outputs, CLI) and synthsets.export."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import pytest
+import torch
+
+from synthsets import Generator, SyntheticDataset
+from synthsets.data import RealData, RealSplit
+from synthsets.evaluate import (
+    ProtocolConfig,
+    Source,
+    evaluate,
+    evaluate_source,
+    fixed_batches,
+    generator_batches,
+    images_per_epoch,
+    lr_at,
+    main,
+    markdown_table,
+    merge,
+    parse_shard,
+    plot_accuracy,
+    random_subset,
+    read_results,
+    run_protocol,
+    sampled_batches,
+    summarize,
+    update_cards,
+    write_outputs,
+)
+from synthsets.export import load_materialized, materialize
+
+CLASSES = ["a", "b", "c", "d"]
+MEAN, STD = [0.3], [0.4]
+TINY = {"width": 8}  # ConvNet width for fast CPU runs
+
+
+def quadrants(per_class: int, seed: int, channels: int = 1, size: int = 28) -> tuple[torch.Tensor, torch.Tensor]:
+    """A trivially separable toy set: class c has a bright quadrant c, plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(4).repeat(per_class)
+    images = torch.randn(len(labels), channels, size, size, generator=g) * 0.3
+    half = size // 2
+    for i, c in enumerate(labels.tolist()):
+        r, k = divmod(c, 2)
+        images[i, :, r * half : (r + 1) * half, k * half : (k + 1) * half] += 2.0
+    return images, labels
+
+
+def toy_real(per_class: int = 8, test_per_class: int = 5) -> RealData:
+    xtr, ytr = quadrants(per_class, 0)
+    xte, yte = quadrants(test_per_class, 1)
+    return RealData(
+        name="toy", train=RealSplit(xtr, ytr), test=RealSplit(xte, yte), classes=list(CLASSES),
+        channels=1, image_size=28, mean=list(MEAN), std=list(STD),
+    )
+
+
+def tiny_generator(seed: int = 0, **overrides) -> Generator:
+    torch.manual_seed(seed)
+    kwargs = dict(num_classes=4, channels=1, image_size=28, width=16, dataset="toy", classes=list(CLASSES), mean=MEAN, std=STD)
+    kwargs.update(overrides)
+    return Generator(**kwargs).eval()
+
+
+@pytest.fixture(scope="module")
+def real() -> RealData:
+    return toy_real()
+
+
+@pytest.fixture(scope="module")
+def gen() -> Generator:
+    return tiny_generator()
+
+
+def fast(**kw):
+    base = dict(epochs=2, epoch_images="exact", batch_size=16)
+    base.update(kw)
+    return ProtocolConfig(**base)
+
+
+# ----------------------------------------------------------------------------- protocol pieces
+def test_images_per_epoch_reference_and_exact():
+    # reference: 10 * ipc // 128 + 1 batches of 128 for ten classes
+    assert images_per_epoch(10, 1) == 128
+    assert images_per_epoch(10, 10) == 128
+    assert images_per_epoch(10, 50) == 4 * 128
+    assert images_per_epoch(10, 50, mode="exact") == 500
+    assert images_per_epoch(100, 10, batch_size=256) == (1000 // 256 + 1) * 256
+    with pytest.raises(ValueError, match="epoch_images"):
+        images_per_epoch(10, 1, mode="twice")
+
+
+def test_lr_schedules():
+    step = ProtocolConfig(epochs=10, lr=0.01)
+    assert lr_at(step, 0) == lr_at(step, 4) == 0.01
+    assert lr_at(step, 5) == pytest.approx(0.001) and lr_at(step, 9) == pytest.approx(0.001)
+    cos = ProtocolConfig(epochs=10, lr=0.01, schedule="cosine")
+    assert lr_at(cos, 0) == pytest.approx(0.01) and lr_at(cos, 5) == pytest.approx(0.005)
+    assert lr_at(ProtocolConfig(epochs=10, schedule="none"), 9) == 0.01
+    with pytest.raises(ValueError, match="schedule"):
+        ProtocolConfig(schedule="linear")
+    with pytest.raises(ValueError, match="unknown DSA op"):
+        ProtocolConfig(augment="color_wobble")
+
+
+def test_random_subset_is_class_balanced_and_fixed(real):
+    idx = random_subset(real, 3, seed=5)
+    assert len(idx) == 12 and len(set(idx.tolist())) == 12
+    assert torch.bincount(real.train.labels[idx], minlength=4).tolist() == [3, 3, 3, 3]
+    assert torch.equal(idx, random_subset(real.train.labels, 3, seed=5, num_classes=4))
+    assert not torch.equal(idx, random_subset(real, 3, seed=6))
+    with pytest.raises(ValueError, match="fewer than"):
+        random_subset(real, 9)
+
+
+def test_fixed_and_sampled_batches(real):
+    x, y = real.train.images[:6], real.train.labels[:6]
+    batches = fixed_batches(x, y, 16, batch_size=5, seed=1, device="cpu")
+    epoch0 = batches(0)
+    assert [len(b[1]) for b in epoch0] == [5, 5, 5, 1]
+    labels = torch.cat([b[1] for b in epoch0])
+    assert torch.bincount(labels, minlength=4).sum() == 16
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(epoch0, batches(0)))  # epoch e is reproducible
+    one_pass = fixed_batches(x, y, batch_size=4, device="cpu")(0)
+    assert sorted(torch.cat([b[1] for b in one_pass]).tolist()) == sorted(y.tolist())
+
+    whole = sampled_batches(real.train, 4, 12, batch_size=8, seed=0, device="cpu")
+    got = torch.cat([b[1] for b in whole(0)])
+    assert len(got) == 12 and torch.bincount(got, minlength=4).tolist() == [3, 3, 3, 3]
+
+
+def test_generator_batches_fresh_normalised_and_reproducible(gen):
+    batches = generator_batches(gen, 3, mean=[0.5], std=[0.25], batch_size=5, epoch_images="exact", seed=3, device="cpu")
+    epoch0 = batches(0)
+    assert [len(b[1]) for b in epoch0] == [5, 5, 2]
+    x = torch.cat([b[0] for b in epoch0])
+    y = torch.cat([b[1] for b in epoch0])
+    assert x.shape == (12, 1, 28, 28) and torch.bincount(y, minlength=4).tolist() == [3, 3, 3, 3]
+    # normalised with the given stats: [0, 1] images map into [-2, 2]
+    assert x.min() >= -2 - 1e-5 and x.max() <= 2 + 1e-5
+    again = torch.cat([b[0] for b in batches(0)])
+    assert torch.equal(x, again)
+    assert not torch.allclose(torch.cat([b[0] for b in batches(1)]), x)  # fresh images every epoch
+    ref = generator_batches(gen, 3, batch_size=16, epoch_images="reference", seed=3, device="cpu")
+    assert sum(len(b[1]) for b in ref(0)) == images_per_epoch(4, 3, 16)
+
+
+def test_protocol_learns_a_separable_toy_problem(real):
+    xtr, ytr = quadrants(16, 2)
+    result = run_protocol(
+        fixed_batches(xtr, ytr, batch_size=32, seed=0, device="cpu"), real.test, "convnet3", 4, 1, 28,
+        epochs=12, lr=0.05, model_kwargs={"width": 16}, device="cpu", seed=0, test_interval=4,
+    )
+    assert result["final_acc"] >= 90.0
+    assert [h[0] for h in result["history"]] == [4, 8, 12]
+    assert result["best_acc"] >= result["final_acc"]
+    assert result["steps"] == 12 * 2 and result["images_seen"] == 12 * 64
+    assert math.isfinite(result["final_loss"])
+
+
+def test_run_is_reproducible_with_a_seed(real, gen):
+    def once(seed):
+        batches = generator_batches(gen, 2, mean=real.mean, std=real.std, batch_size=8, epoch_images="exact", seed=seed, device="cpu")
+        return run_protocol(batches, real.test, "convnet3", 4, 1, 28, epochs=3, model_kwargs=TINY, device="cpu", seed=seed,
+                            test_interval=1, lr=0.05)
+    a, b = once(7), once(7)
+    assert a["final_acc"] == b["final_acc"] and a["history"] == b["history"] and a["final_loss"] == b["final_loss"]
+    assert once(8)["final_loss"] != a["final_loss"]
+
+
+def test_cutmix_and_augment_options(real):
+    x, y = quadrants(4, 3)
+    for kw in ({"augment": "none", "cutmix": False}, {"augment": "dsa", "cutmix_prob": 0.5}, {"augment": lambda t: t.flip(-1)}):
+        out = run_protocol(fixed_batches(x, y, device="cpu"), real.test, "convnet3", 4, 1, 28, epochs=1,
+                           model_kwargs=TINY, device="cpu", **kw)
+        assert 0 <= out["final_acc"] <= 100
+
+
+# ----------------------------------------------------------------------------- sources and records
+def test_evaluate_source_records(real, gen):
+    records = evaluate_source(Source.from_spec(gen, label="g"), real, 2, "convnet3", runs=2, seed=10, config=fast(),
+                              device="cpu", model_kwargs=TINY)
+    assert [r["run"] for r in records] == [0, 1] and [r["seed"] for r in records] == [10, 11]
+    r = records[0]
+    for key in ("source", "dataset", "inpc", "model", "run", "seed", "final_acc", "best_acc", "epochs", "seconds", "settings"):
+        assert key in r
+    assert (r["source"], r["dataset"], r["inpc"], r["model"], r["epochs"]) == ("g", "toy", 2, "convnet3", 2)
+    assert r["settings"]["images_per_epoch"] == 8 and r["settings"]["augment"] == "color_crop"
+    baseline = evaluate_source("random-real", real, 2, "convnet3", config=fast(), device="cpu", model_kwargs=TINY)
+    assert baseline[0]["source"] == "random-real" and baseline[0]["kind"] == "random-real"
+
+
+def test_generator_must_fit_the_real_data(real):
+    with pytest.raises(ValueError, match="channels"):
+        evaluate_source(tiny_generator(channels=3, mean=[0.5] * 3, std=[0.5] * 3), real, 1, config=fast(), device="cpu")
+    odd = tiny_generator(mean=[0.9], std=[0.1])
+    with pytest.warns(UserWarning, match="normalisation"):
+        evaluate_source(odd, real, 1, config=fast(epochs=1), device="cpu", model_kwargs=TINY)
+    no_test = RealData("x", real.train, None, CLASSES, 1, 28, MEAN, STD)
+    with pytest.raises(ValueError, match="test split"):
+        evaluate_source("whole", no_test, 1, config=fast(), device="cpu")
+
+
+def test_evaluate_writes_json_markdown_and_plot(tmp_path, real, gen):
+    records = evaluate([Source.from_spec(gen, label="gen")], baselines=["random-real", "whole"], real=real, inpc=[1, 2],
+                       runs=2, config=fast(test_interval=1), device="cpu", model_kwargs=TINY, progress=False, out=tmp_path)
+    assert len(records) == 3 * 2 * 2
+    paths = write_outputs(records, tmp_path)
+    payload = json.loads((tmp_path / "results.json").read_text())
+    assert len(payload["runs"]) == 12
+    md = (tmp_path / "results.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| toy |")]
+    assert len(rows) == 6
+    assert rows[0].startswith("| toy | gen | 1 | convnet3 |") and rows[-1].startswith("| toy | whole | 2 | convnet3 |")
+    assert "best (periodic)" in md and "±" in rows[0] and rows[0].rstrip().endswith("| 2 |")
+    assert paths["plot"] is not None and paths["plot"].stat().st_size > 0
+    summary = summarize(records)
+    assert [(s["source"], s["inpc"]) for s in summary][:3] == [("gen", 1), ("gen", 2), ("random-real", 1)]
+
+
+def test_best_column_only_with_periodic_tests(real):
+    records = evaluate(baselines=["random-real"], real=real, inpc=[1], runs=1, config=fast(), device="cpu",
+                       model_kwargs=TINY, progress=False)
+    row = markdown_table(records).splitlines()[-1]
+    assert row.endswith("| — | 1 |") and "±" not in row
+
+
+def test_shards_merge_into_the_unsharded_result(tmp_path, real, gen):
+    kw = dict(baselines=["random-real"], real=real, inpc=[1, 2], runs=2, config=fast(), device="cpu",
+              model_kwargs=TINY, progress=False)
+    full = evaluate([Source.from_spec(gen, label="gen")], **kw)
+    parts = tmp_path / "parts"
+    for i in range(3):
+        evaluate([Source.from_spec(gen, label="gen")], shard=f"{i}/3", out=parts, **kw)
+    assert sorted(p.name for p in parts.iterdir()) == [f"results.rank{i}.json" for i in range(3)]
+    merged = merge([parts])
+    assert (parts / "results.md").is_file() and (parts / "results.json").is_file()
+
+    def key(r):
+        return (r["source"], r["inpc"], r["model"], r["run"])
+    assert sorted(map(key, merged)) == sorted(map(key, full))
+    by_key = {key(r): r["final_acc"] for r in full}
+    assert all(by_key[key(r)] == r["final_acc"] for r in merged)  # per-job seeds: sharding changes nothing
+    # CLI merge of JSON files into another folder
+    assert main(["merge", *map(str, sorted(parts.glob("results.rank*.json"))), "--out", str(tmp_path / "m")]) == 0
+    assert len(read_results([tmp_path / "m"])) == len(full)
+    assert main(["--merge", str(parts), "--out", str(tmp_path / "m2")]) == 0
+
+
+def test_parse_shard(monkeypatch):
+    assert parse_shard("1/4") == (1, 4)
+    for bad in ("4/4", "x", "1/0"):
+        with pytest.raises(ValueError):
+            parse_shard(bad)
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    assert parse_shard(None) == (2, 3)
+
+
+def test_resume_skips_finished_runs(tmp_path, real):
+    kw = dict(baselines=["random-real"], real=real, inpc=[1], config=fast(), device="cpu", model_kwargs=TINY,
+              progress=False, out=tmp_path)
+    first = evaluate(runs=1, **kw)
+    again = evaluate(runs=2, resume=True, **kw)
+    assert len(again) == 2 and again[0] == first[0]
+
+
+def test_plot_is_skipped_without_matplotlib(tmp_path, monkeypatch, real):
+    records = evaluate(baselines=["random-real"], real=real, inpc=[1], runs=1, config=fast(epochs=1), device="cpu",
+                       model_kwargs=TINY, progress=False)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.warns(UserWarning, match="matplotlib"):
+        assert plot_accuracy(records, tmp_path / "p.png") is None
+    paths = write_outputs(records, tmp_path)
+    assert paths["plot"] is None and (tmp_path / "results.md").is_file()
+
+
+def test_update_cards_writes_the_table(tmp_path, real, gen):
+    folder = tmp_path / "gen"
+    gen.save_pretrained(folder)
+    (folder / "README.md").write_text("# my generator\n")
+    source = Source.from_spec(str(folder))
+    assert source.label == "gen" and source.folder == folder
+    records = evaluate([source], baselines=["random-real"], real=real, inpc=[1], runs=1, config=fast(epochs=1),
+                       device="cpu", model_kwargs=TINY, progress=False)
+    assert update_cards(records, [source]) == [folder / "README.md"]
+    card = (folder / "README.md").read_text()
+    assert "# my generator" in card and "| toy | gen | 1 | convnet3 |" in card and "| toy | random-real | 1 |" in card
+
+
+# ----------------------------------------------------------------------------- export
+def test_materialize_in_memory_is_fixed_and_unaugmented(gen):
+    ds = SyntheticDataset(gen, 3, seed=4, device="cpu")  # augmented by default
+    images, labels = materialize(ds, ipc=2)
+    assert images.shape == (8, 1, 28, 28) and labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert images.min() >= 0 and images.max() <= 1
+    plain = SyntheticDataset(gen, 3, seed=4, device="cpu", augment=None)
+    assert torch.equal(images, ds.materialize(2)[0]) and torch.equal(images, materialize(plain, 2)[0])
+    expected = SyntheticDataset(gen, 2, seed=4, device="cpu", augment=None, normalize=False).epoch_tensors()[0]
+    assert torch.allclose(images, expected.clamp(0, 1))
+    assert len(materialize(ds)[1]) == 12  # default: dataset.inpc per class
+
+
+def test_materialize_image_folder_loads_with_imagefolder(tmp_path):
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms.functional import to_tensor
+
+    rgb = tiny_generator(channels=3, image_size=32, mean=[0.5] * 3, std=[0.5] * 3, classes=["cat", "dog", "ant", "bee"])
+    ds = SyntheticDataset(rgb, 1, seed=0, device="cpu")
+    path = ds.materialize(3, path=tmp_path / "fixed")
+    assert path == tmp_path / "fixed"
+    folder = ImageFolder(str(path))
+    assert len(folder) == 12
+    assert torch.bincount(torch.tensor(folder.targets)).tolist() == [3, 3, 3, 3]
+    # folder names keep the generator's label order for ImageFolder's sorted class indices
+    assert [c.split("_", 1)[1] for c in folder.classes] == ["cat", "dog", "ant", "bee"]
+    images, labels = ds.materialize(3)
+    image, target = folder[0]
+    assert image.size == (32, 32) and target == 0
+    assert (to_tensor(image) - images[0]).abs().max() <= 1 / 255 + 1e-6
+    grey = SyntheticDataset(tiny_generator(), 1, seed=0, device="cpu").materialize(2, path=tmp_path / "grey", fmt="folder")
+    assert sorted(p.name for p in grey.iterdir()) == CLASSES
+    assert sorted(p.name for p in (grey / "a").iterdir()) == ["0.png", "1.png"]
+
+
+def test_materialize_safetensors_roundtrip(tmp_path, gen):
+    ds = SyntheticDataset(gen, 2, seed=9, device="cpu")
+    path = ds.materialize(path=tmp_path / "set.safetensors")
+    images, labels, meta = load_materialized(path)
+    ref_images, ref_labels = ds.materialize()
+    assert images.dtype == torch.float32 and labels.dtype == torch.int64
+    assert torch.equal(images, ref_images) and torch.equal(labels, ref_labels)
+    assert meta["classes"] == CLASSES and meta["mean"] == MEAN and meta["std"] == STD
+    other = materialize(ds, 1, path=tmp_path / "data.bin", fmt="safetensors")
+    assert load_materialized(other)[0].shape[0] == 4
+    with pytest.raises(ValueError, match="fmt"):
+        materialize(ds, path=tmp_path / "x", fmt="zip")
+    with pytest.raises(ValueError, match="ipc"):
+        materialize(ds, ipc=0)
+
+
+# ----------------------------------------------------------------------------- CLI
+def _write_image_folder(root, per_class_train=4, per_class_test=2):
+    from PIL import Image
+
+    for split, n, seed in (("train", per_class_train, 0), ("test", per_class_test, 1)):
+        images, labels = quadrants(n, seed, channels=3, size=32)
+        pixels = ((images.clamp(-1, 2) + 1) / 3 * 255).round().to(torch.uint8)
+        for i, (img, label) in enumerate(zip(pixels, labels.tolist())):
+            folder = root / split / CLASSES[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img.permute(1, 2, 0).numpy()).save(folder / f"{i}.png")
+
+
+def test_cli_end_to_end_on_an_image_folder(tmp_path, capsys):
+    data = tmp_path / "toyset"
+    _write_image_folder(data)
+    from synthsets.data import load_real
+
+    stats = load_real(data, with_test=False)
+    gen_dir = tmp_path / "mygen"
+    tiny_generator(channels=3, image_size=32, dataset=str(data), mean=stats.mean, std=stats.std).save_pretrained(gen_dir)
+    out = tmp_path / "eval"
+    rc = main([
+        "--generator", f"mine={gen_dir}", str(gen_dir), "--baselines", "random-real", "--inpc", "1", "2",
+        "--epochs", "2", "--epoch-images", "exact", "--runs", "1", "--device", "cpu", "--out", str(out),
+        "--test-interval", "1", "--no-progress", "--update-card",
+    ])
+    assert rc == 0
+    assert (out / "results.json").is_file() and (out / "results.md").is_file() and (out / "accuracy_vs_inpc.png").is_file()
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert sorted({r["source"] for r in runs}) == ["mine", "mygen", "random-real"] and len(runs) == 6
+    assert all(r["dataset"] == "toyset" and r["epochs"] == 2 and r["settings"]["epoch_images"] == "exact" for r in runs)
+    printed = capsys.readouterr().out
+    assert "| toyset | mine | 1 | convnet3 |" in printed
+    assert "| toyset | mygen | 2 | convnet3 |" in (gen_dir / "README.md").read_text()
+
+
+def test_cli_errors(tmp_path, capsys):
+    assert main(["--epochs", "1"]) == 2
+    assert "--generator" in capsys.readouterr().err
+    assert main(["--baselines", "random-real", "--data", str(tmp_path / "missing"), "--no-progress"]) == 2
+    assert main(["merge", str(tmp_path / "nothing")]) == 2
