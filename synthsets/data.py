@@ -7,6 +7,9 @@ files. ``mean``/``std`` are the training set's per-channel statistics in ``[0, 1
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,7 +84,8 @@ def _to_uint8_tensor(dataset, size: int | None, desc: str) -> tuple[Tensor, Tens
     targets = getattr(dataset, "targets", None)
     if targets is None:
         targets = getattr(dataset, "labels", None)
-    if isinstance(data, (Tensor, np.ndarray)) and targets is not None and size is None:
+    native = tuple(np.asarray(data).shape[1:3]) if isinstance(data, (Tensor, np.ndarray)) else None
+    if targets is not None and native is not None and (size is None or native == (size, size)):
         array = torch.as_tensor(np.asarray(data))
         if array.dim() == 3:  # (N, H, W) grey
             array = array.unsqueeze(1)
@@ -90,7 +94,7 @@ def _to_uint8_tensor(dataset, size: int | None, desc: str) -> tuple[Tensor, Tens
         return array.contiguous().to(torch.uint8), torch.as_tensor(np.asarray(targets), dtype=torch.long)
     images, labels = [], []
     first_size = None
-    for image, label in tqdm(dataset, desc=desc, leave=False, mininterval=1.0):
+    for image, label in tqdm(_decoded(dataset), total=len(dataset), desc=desc, leave=False, mininterval=1.0):
         if size is not None and image.size != (size, size):
             image = image.resize((size, size), resample=_BICUBIC)
         first_size = first_size or image.size
@@ -105,6 +109,22 @@ def _to_uint8_tensor(dataset, size: int | None, desc: str) -> tuple[Tensor, Tens
     if not images:
         raise DataNotFoundError(f"{desc}: no images found")
     return torch.stack(images), torch.tensor(labels, dtype=torch.long)
+
+
+def _decoded(dataset):
+    """Yield ``dataset``'s (image, label) pairs in order, decoding files on several threads."""
+    samples = getattr(dataset, "samples", None)
+    loader = getattr(dataset, "loader", None)
+    if samples is None or loader is None or getattr(dataset, "transform", None) is not None:
+        yield from dataset
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = min(16, os.cpu_count() or 1)
+    with ThreadPoolExecutor(workers) as pool:
+        for start in range(0, len(samples), 4096):
+            chunk = samples[start : start + 4096]
+            yield from zip(pool.map(loader, [p for p, _ in chunk]), [y for _, y in chunk])
 
 
 _GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
@@ -178,7 +198,7 @@ def load_real(
     name = canonical_name(str(data))
     # a known name is the torchvision dataset when a root is given or no such folder exists
     if name in TORCHVISION_DATASETS and (root is not None or not path.is_dir()):
-        return _load_torchvision(name, root, image_size, download, with_test, channels)
+        return _load_torchvision(name, root, image_size, download, with_test, channels, folder=path)
     if not path.is_dir():
         known = ", ".join(TORCHVISION_DATASETS)
         raise DataNotFoundError(
@@ -187,6 +207,11 @@ def load_real(
         )
     train_dir = path / "train" if (path / "train").is_dir() else path
     test_dir = path / "test" if (path / "test").is_dir() else None
+    cache_file = _cache_file(path, image_size, channels, with_test)
+    cached = _read_cache(cache_file) if cache_file is not None else None
+    if cached is not None:
+        classes, x_train, y_train, test = cached
+        return _assemble(path.name, str(path), classes, x_train, y_train, test)
     train_set = _image_folder(train_dir, image_size, channels)
     classes = list(train_set.classes)
     x_train, y_train = _to_uint8_tensor(train_set, image_size, f"reading {train_dir}")
@@ -198,10 +223,70 @@ def load_real(
                 f"class folders differ between {train_dir} and {test_dir}: {classes} vs {test_set.classes}"
             )
         test = _to_uint8_tensor(test_set, image_size, f"reading {test_dir}")
+    if cache_file is not None:
+        _write_cache(cache_file, classes, x_train, y_train, test)
     return _assemble(path.name, str(path), classes, x_train, y_train, test)
 
 
-def _load_torchvision(name: str, root, image_size, download: bool, with_test: bool, channels=None) -> RealData:
+# -- decoded image-folder cache ----------------------------------------------------------
+def cache_dir() -> Path | None:
+    """Where decoded image folders are cached (``SYNTHSETS_CACHE``; ``0``/``off`` disables)."""
+    value = os.environ.get("SYNTHSETS_CACHE")
+    if value is not None and value.strip().lower() in ("", "0", "off", "false", "no"):
+        return None
+    return Path(value).expanduser() if value else Path.home() / ".cache" / "synthsets" / "data"
+
+
+def _cache_file(path: Path, image_size: int | None, channels: int | None, with_test: bool) -> Path | None:
+    """A cache file name that changes whenever a file under ``path`` is added, removed or modified."""
+    folder = cache_dir()
+    if folder is None:
+        return None
+    digest = hashlib.sha1(json.dumps([str(path.resolve()), image_size, channels, with_test, 1]).encode())
+    count = 0
+    for dirpath, dirnames, filenames in os.walk(path):
+        dirnames.sort()
+        for name in sorted(filenames):
+            stat = os.stat(os.path.join(dirpath, name))
+            digest.update(f"{dirpath}/{name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+            count += 1
+    return folder / f"{path.name}-{count}-{digest.hexdigest()[:16]}.safetensors"
+
+
+def _read_cache(file: Path):
+    if not file.is_file():
+        return None
+    try:
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(file))
+        with safe_open(str(file), framework="pt") as handle:
+            classes = json.loads((handle.metadata() or {})["classes"])
+    except Exception:  # a broken cache entry is rebuilt, never trusted
+        return None
+    test = (tensors["test_images"], tensors["test_labels"]) if "test_images" in tensors else None
+    return classes, tensors["train_images"], tensors["train_labels"], test
+
+
+def _write_cache(file: Path, classes, x_train, y_train, test) -> None:
+    from safetensors.torch import save
+
+    from .hub import atomic_write_bytes
+
+    tensors = {"train_images": x_train.contiguous(), "train_labels": y_train.contiguous()}
+    if test is not None:
+        tensors.update(test_images=test[0].contiguous(), test_labels=test[1].contiguous())
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(file, save(tensors, metadata={"classes": json.dumps(classes)}))
+    except OSError:  # a read-only home must not stop training
+        pass
+
+
+def _load_torchvision(
+    name: str, root, image_size, download: bool, with_test: bool, channels=None, folder: Path | None = None
+) -> RealData:
     import torchvision.datasets as tvd
 
     cls_name, native_channels, _ = TORCHVISION_DATASETS[name]
@@ -209,8 +294,8 @@ def _load_torchvision(name: str, root, image_size, download: bool, with_test: bo
     if root is None:
         raise DataNotFoundError(
             f"dataset {name!r} needs a root (--root): the folder that holds it in torchvision layout "
-            f"(e.g. ROOT/{cls_name}/...); add --download to fetch it there. Nothing was looked up: "
-            f"no root was given and there is no image folder {Path(name).resolve()}"
+            f"(e.g. ROOT/{cls_name}/...); add --download to fetch it there. No root was given, "
+            f"and there is no image folder {(folder or Path(name)).resolve()} either"
         )
     if channels is not None and channels != native_channels:
         raise ValueError(f"{name} has {native_channels} channel(s); channels={channels} is not supported for it")

@@ -135,20 +135,28 @@ def _average_grads(module: nn.Module, world: int) -> None:
     double backward does not fit DDP's one-forward-one-backward reducer)."""
     if world == 1:
         return
-    for p in module.parameters():
-        if p.grad is not None:
-            torch.distributed.all_reduce(p.grad)
-            p.grad.div_(world)
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    _all_reduce_mean(grads, world)
+
+
+def _all_reduce_mean(tensors: list[Tensor], world: int) -> None:
+    """Average ``tensors`` in place across ranks with one collective (one flat buffer)."""
+    if not tensors:
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    torch.distributed.all_reduce(flat)
+    flat.div_(world)
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset : offset + t.numel()].view_as(t))
+        offset += t.numel()
 
 
 def _average_buffers(module: nn.Module, world: int) -> None:
     """Average floating-point buffers (BatchNorm running statistics) across ranks."""
     if world == 1:
         return
-    for b in module.buffers():
-        if b.is_floating_point():
-            torch.distributed.all_reduce(b)
-            b.div_(world)
+    _all_reduce_mean([b for b in module.buffers() if b.is_floating_point()], world)
 
 
 def _setup_distributed(device: str | None) -> tuple[torch.device, int, int, bool]:
@@ -535,6 +543,14 @@ class Distiller:
             self.save_generator(self.out / "stage1", card.distill_card(self.cfg, self.real, self.epoch, None, stage1=True))
 
     def close(self) -> None:
+        """Release the DDP wrapper and the process group this trainer started (if any)."""
+        if getattr(self, "G_train", None) is not None and self.G_train is not self.G:
+            # the DDP reducer holds the process group: free it first (a gloo reducer that
+            # outlives its group aborts the process at exit)
+            self.G_train = self.G
+            import gc
+
+            gc.collect()
         if self._started_dist and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
             self._started_dist = False

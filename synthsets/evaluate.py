@@ -42,7 +42,7 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -460,7 +460,10 @@ class Source:
         folder = path if path.is_dir() else None
         if label is None:
             label = path.resolve().name if folder is not None else text
-        return cls(label=label, kind="generator", generator=generator, spec=text, folder=folder, dataset=generator.config.dataset)
+        return cls(
+            label=label, kind="generator", generator=generator, spec=str(folder.resolve()) if folder else text,
+            folder=folder, dataset=generator.config.dataset,
+        )
 
     @classmethod
     def baseline(cls, name: str, dataset: str | None = None) -> "Source":
@@ -691,20 +694,27 @@ def evaluate(
         if real is not None:
             return real
         if key not in real_cache:
-            sizes = {s.generator.config.image_size for s in groups[key] if s.generator is not None}
+            gens = [s.generator.config for s in groups[key] if s.generator is not None]
+            sizes = {c.image_size for c in gens}
             if image_size is None and len(sizes) > 1:
                 raise ValueError(f"generators for {key!r} make images of different sizes {sorted(sizes)}; evaluate them separately")
             size = image_size if image_size is not None else (sizes.pop() if sizes else None)
-            real_cache[key] = load_real(key, root, image_size=size, download=download, with_test=True)
+            channels = {c.channels for c in gens}
+            real_cache[key] = load_real(
+                key, root, image_size=size, download=download, with_test=True,
+                channels=channels.pop() if len(channels) == 1 else None,
+            )
         return real_cache[key]
 
+    # run-major order: a job list cut short (time limit, interruption) still covers every
+    # setting once before repeating any
     jobs = [
         (key, s, v, m, r)
+        for r in range(runs)
         for key, group in groups.items()
         for v in inpcs
         for m in models
         for s in group
-        for r in range(runs)
     ]
     shard_i, shard_n = parse_shard(shard)
     mine = jobs[shard_i::shard_n]
@@ -938,10 +948,19 @@ def merge(paths: Sequence[str | Path], out: str | Path | None = None) -> list[di
     return records
 
 
-def update_cards(records: Sequence[dict[str, Any]], sources: Sequence[Source]) -> list[Path]:
-    """Write each local generator's rows (and the baselines on its dataset) into its README.md."""
+def update_cards(records: Sequence[dict[str, Any]], sources: Sequence[Source] | None = None) -> list[Path]:
+    """Write each local generator's rows (and the baselines on its dataset) into its README.md.
+
+    ``sources`` default: the generators named by the records whose ``spec`` is a local folder.
+    """
     from .card import update_results
 
+    if sources is None:
+        found: dict[str, Path] = {}
+        for r in records:
+            if r.get("kind") == "generator" and r.get("spec") and Path(r["spec"]).is_dir():
+                found.setdefault(r["source"], Path(r["spec"]))
+        sources = [Source(label=label, kind="generator", folder=folder) for label, folder in found.items()]
     written = []
     for source in sources:
         if source.kind != "generator" or source.folder is None:
@@ -1013,16 +1032,20 @@ def _merge_main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m synthsets.evaluate merge", description="Merge results into one table.")
     p.add_argument("paths", nargs="+", help="results folders or JSON files")
     p.add_argument("--out", help="output folder (default: the first folder given)")
+    p.add_argument("--update-card", action="store_true", help="write the table into local generator folders' README.md")
     args = p.parse_args(argv)
-    return _do_merge(args.paths, args.out)
+    return _do_merge(args.paths, args.out, args.update_card)
 
 
-def _do_merge(paths: Sequence[str], out: str | None) -> int:
+def _do_merge(paths: Sequence[str], out: str | None, update_card: bool = False) -> int:
     try:
         records = merge(paths, out)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if update_card:
+        for card in update_cards(records):
+            print(f"updated {card}", file=sys.stderr)
     print(markdown_table(records))
     return 0
 
@@ -1047,7 +1070,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _merge_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.merge:
-        return _do_merge(args.merge, args.out)
+        return _do_merge(args.merge, args.out, args.update_card)
     if not args.generators and not args.baselines:
         print("error: give --generator SPEC... and/or --baselines random-real whole", file=sys.stderr)
         return 2
@@ -1083,7 +1106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if joined:
             torch.distributed.barrier()  # every rank has written its results.rank{r}.json
         if joined and shard[0] == 0 and out is not None:
-            records = read_results([out])  # rank 0 merges all ranks into the outputs below
+            records = read_results([_results_path(out, (r, shard[1])) for r in range(shard[1])])  # all ranks
         else:
             if not joined or shard[0] == 0:
                 print(f"shard {shard[0]}/{shard[1]} done; combine the shards with: "

@@ -67,11 +67,29 @@ def read_json(path: str | Path) -> dict[str, Any]:
         raise WeightsError(f"{path} is not valid JSON ({err}); re-download or re-save it") from None
 
 
+def _canonical_safetensors(data: bytes) -> bytes:
+    """Rewrite a safetensors header with its metadata keys sorted.
+
+    safetensors writes ``__metadata__`` from a hash map whose order changes from call to
+    call, so the same weights would give different bytes (and hashes, and Hub commits).
+    Reordering keeps the header length, hence the data offsets, unchanged.
+    """
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + length])
+    metadata = header.pop("__metadata__", None)
+    ordered: dict[str, Any] = {} if metadata is None else {"__metadata__": dict(sorted(metadata.items()))}
+    ordered.update(header)
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    if len(text) > length:  # never happens for the files we write; keep the original then
+        return data
+    return data[:8] + text + b" " * (length - len(text)) + data[8 + length :]
+
+
 def save_weights(state: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
-    """Save a state dict as safetensors, atomically."""
+    """Save a state dict as safetensors, atomically; the same state always gives the same bytes."""
     from safetensors.torch import save
 
-    atomic_write_bytes(path, save(state, metadata=metadata))
+    atomic_write_bytes(path, _canonical_safetensors(save(state, metadata=metadata)))
 
 
 def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:

@@ -81,6 +81,20 @@ def saved_generator(tiny_generator, tmp_path) -> Path:
     return folder
 
 
+@pytest.fixture
+def single_thread():
+    """Run a test with one intra-op torch thread (restored afterwards).
+
+    The tiny models of the unit tests gain nothing from threads, and on a small, busy
+    machine OpenMP workers spinning for a core make such tests several times slower.
+    Use with ``pytestmark = pytest.mark.usefixtures("single_thread")``.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 # -- Hugging Face isolation ---------------------------------------------------------------
 _TOKEN_VARIABLES = (
     "HF_TOKEN",
@@ -112,6 +126,7 @@ def hf_isolation(monkeypatch, tmp_path_factory):
         "HF_HUB_DISABLE_TELEMETRY": "1",
         "HF_HUB_DISABLE_PROGRESS_BARS": "1",
         "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1",
+        "SYNTHSETS_CACHE": home / "synthsets-data",  # decoded image folders: never the user's cache
     }
     for name, value in env.items():
         monkeypatch.setenv(name, str(value))

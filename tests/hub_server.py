@@ -60,8 +60,9 @@ class HubState:
         self.lock = threading.RLock()
         self.repos: dict[str, Repo] = {}
         self.requests: list[tuple[str, str]] = []  # (method, path)
-        #: called as hook(method, repo_id, revision, path) after a file was served
-        self.after_resolve: Callable[[str, str, str, str], None] | None = None
+        #: called as hook(method, repo_id, revision, path) when a file is served, before its
+        #: response is sent (so a test can move a branch "between" two downloads)
+        self.on_resolve: Callable[[str, str, str, str], None] | None = None
         self._counter = 0
 
     # -- helpers usable from tests -----------------------------------------------------
@@ -208,8 +209,11 @@ class _Handler(BaseHTTPRequestHandler):
         if payload.get("type", "model") != "model":
             return self._error(400, None, "only model repos are supported by this test server")
         with self.state.lock:
-            if repo_id in self.state.repos:
-                return self._error(409, None, "You already created this model repo", extra={})
+            if repo_id in self.state.repos:  # the Hub's 409 answer also carries the url
+                message = "You already created this model repo"
+                return self._json(
+                    409, {"error": message, "url": f"{self.base}/{repo_id}"}, {"X-Error-Message": message}
+                )
             self.state.create_repo(repo_id, private=payload.get("visibility") == "private")
         self._json(200, {"url": f"{self.base}/{repo_id}", "name": repo_id})
 
@@ -307,10 +311,10 @@ class _Handler(BaseHTTPRequestHandler):
             payload = data[start : end + 1]
             headers["Content-Range"] = f"bytes {start}-{start + len(payload) - 1}/{len(data)}"
             status = 206
-        self._send(status, payload, headers, head=head)
-        hook = self.state.after_resolve
+        hook = self.state.on_resolve
         if hook is not None:
             hook(method, repo_id, revision, filename)
+        self._send(status, payload, headers, head=head)
 
 
 class _Server(ThreadingHTTPServer):

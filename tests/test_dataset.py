@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
 
 import numpy as np
@@ -14,6 +15,8 @@ import synthsets
 from synthsets import Generator, SyntheticDataset
 from synthsets.augment import DSA
 from synthsets.dataset import SyntheticLoader
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 MNIST_MEAN, MNIST_STD = [0.1307], [0.3081]
 
@@ -421,14 +424,22 @@ def _ddp_worker(rank: int, world_size: int, folder: str, init_file: str) -> None
         dist.destroy_process_group()
 
 
-@pytest.mark.slow
 def test_ddp_two_gloo_ranks_get_disjoint_balanced_shards(make_generator, tmp_path):
     import torch.multiprocessing as mp
 
     folder = tmp_path / "gen"
     generator = make_generator(image_size=28, channels=1)
     generator.save_pretrained(folder)
-    mp.spawn(_ddp_worker, args=(2, str(folder), str(tmp_path / "rendezvous")), nprocs=2, join=True)
+    # fork: the children need not re-import torch (spawn costs seconds per process)
+    context = mp.start_processes(
+        _ddp_worker, args=(2, str(folder), str(tmp_path / "rendezvous")), nprocs=2, join=False, start_method="fork"
+    )
+    deadline = time.monotonic() + 120
+    while not context.join(timeout=1):  # re-raises a worker's exception
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("DDP workers did not finish within 120 s")
     results = [torch.load(folder / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
     assert results[0]["seed"] == results[1]["seed"]  # shared stream

@@ -68,6 +68,15 @@ def tiny_generator(seed: int = 0, **overrides) -> Generator:
     return Generator(**kwargs).eval()
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run faster on one thread (and do not fight parallel test runs for cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def real() -> RealData:
     return toy_real()
@@ -277,7 +286,8 @@ def test_plot_is_skipped_without_matplotlib(tmp_path, monkeypatch, real):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.warns(UserWarning, match="matplotlib"):
         assert plot_accuracy(records, tmp_path / "p.png") is None
-    paths = write_outputs(records, tmp_path)
+    with pytest.warns(UserWarning, match="matplotlib"):
+        paths = write_outputs(records, tmp_path)
     assert paths["plot"] is None and (tmp_path / "results.md").is_file()
 
 
@@ -292,6 +302,11 @@ def test_update_cards_writes_the_table(tmp_path, real, gen):
     assert update_cards(records, [source]) == [folder / "README.md"]
     card = (folder / "README.md").read_text()
     assert "# my generator" in card and "| toy | gen | 1 | convnet3 |" in card and "| toy | random-real | 1 |" in card
+    # merge --update-card finds the generator folder from the records
+    (folder / "README.md").write_text("# reset\n")
+    write_outputs(records, tmp_path / "out")
+    assert main(["merge", str(tmp_path / "out"), "--update-card"]) == 0
+    assert "| toy | gen | 1 | convnet3 |" in (folder / "README.md").read_text()
 
 
 # ----------------------------------------------------------------------------- export

@@ -12,6 +12,8 @@ from torch import nn
 import synthsets
 from synthsets import Generator, GeneratorConfig, PretrainedNotFoundError, WeightsError
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 def _state_equal(a: nn.Module, b: nn.Module) -> None:
     sa, sb = a.state_dict(), b.state_dict()
@@ -318,3 +320,14 @@ def test_map_location_and_repr(saved_generator):
     assert g.device == torch.device("cpu")
     text = repr(g)
     assert "classes=10" in text and "width=16" in text and "noise_dim=100" in text
+
+
+def test_saving_is_byte_for_byte_reproducible(make_generator, tmp_path):
+    """Same weights -> same file bytes (stable hashes; re-pushing creates no Hub commit)."""
+    g = make_generator()
+    files = {(g.save_pretrained(tmp_path / str(i)) / "model.safetensors").read_bytes() for i in range(12)}
+    assert len(files) == 1
+    header_len = int.from_bytes(next(iter(files))[:8], "little")
+    header = json.loads(next(iter(files))[8 : 8 + header_len])
+    assert list(header["__metadata__"]) == ["format", "model_type"]
+    assert header["__metadata__"]["format"] == "pt"

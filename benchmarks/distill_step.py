@@ -1,0 +1,298 @@
+"""Step time of ``synthsets.distill.Distiller`` (stage 1 and stage 2) against a naive loop.
+
+Variants, all built from the same in-memory synthetic ``RealData`` and the same config:
+
+* ``library``: :class:`synthsets.distill.Distiller` as shipped;
+* ``naive``: :class:`benchmarks.naive_distill.NaiveDistiller`, the same maths written
+  research-code style (real data indexed on the CPU and copied, noise drawn on the CPU,
+  tensors re-created each step, separate discriminator passes for real and fake,
+  ``.item()`` on every loss every step);
+* ``proposed``: the library with the changes this benchmark proposes for
+  ``synthsets/distill.py`` (see ``ProposedDistiller``): one discriminator forward on
+  ``cat([real, fake])`` (valid: the discriminator's LayerNorm normalises each sample on
+  its own, so a sample's output does not depend on the rest of the batch) and losses
+  kept on the device, read once per epoch instead of with ``.item()`` every step.
+
+A step is one generator step with everything around it: the discriminator step, and in
+stage 2 the pool model's inner SGD steps and the logits-matching loss. Its time is the
+time of ``run_epoch`` (a few steps, the pool model's creation included) over the steps.
+
+Before timing, the script checks on CPU (tiny sizes) that one stage-1 and one stage-2
+step from the same seed give the same losses, gradients and weights in all variants.
+
+Sizes: ``--preset`` tiny (``--tiny``), cpu-small (default on CPU: width 64, batch 64,
+1x28x28 data, ConvNet-3 pool) or paper (default on CUDA: width 196, batch 64, 3x32x32,
+the full models pool).
+
+    python -m benchmarks.distill_step [--device cpu] [--preset cpu-small] [--tiny]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from synthsets.data import RealData, RealSplit
+from synthsets.discriminator import gradient_penalty
+from synthsets.distill import Distiller, DistillConfig, _average_grads, apply_preset
+
+from . import _common as C
+from .naive_distill import NaiveDistiller
+
+NUM_CLASSES = 10
+
+
+class ProposedDistiller(Distiller):
+    """``Distiller`` with the proposed changes (same maths; see the module docstring)."""
+
+    def _discriminator_step(self, real: Tensor, labels: Tensor, z: Tensor) -> dict[str, Tensor]:
+        with torch.no_grad():
+            fake = self.G_train(z)
+        self.D.requires_grad_(True)
+        # one forward for both batches: LayerNorm is per sample, so this equals two passes
+        score, logits = self.D(torch.cat([real, fake]))
+        n = real.shape[0]
+        score_real, score_fake = score[:n], score[n:]
+        gp = gradient_penalty(self.D, real, fake)
+        loss = (
+            score_fake.mean()
+            - score_real.mean()
+            + F.cross_entropy(logits[:n], labels)
+            + F.cross_entropy(logits[n:], labels)
+            + self.cfg.gp_weight * gp
+        )
+        self.opt_d.zero_grad(set_to_none=True)
+        loss.backward()
+        _average_grads(self.D, self.world)
+        self.opt_d.step()
+        # no .item(): stay on the device, read once per epoch
+        return {"d_loss": loss.detach(), "gp": gp.detach(), "wdist": (score_real.mean() - score_fake.mean()).detach()}
+
+    def _generator_step(self, real: Tensor, labels: Tensor, z: Tensor, matcher) -> dict[str, Tensor]:
+        self.D.requires_grad_(False)
+        fake = self.G_train(z)
+        score, logits = self.D(fake)
+        g_gan = -score.mean() + F.cross_entropy(logits, labels)
+        loss, stats = g_gan, {"g_loss": g_gan.detach()}
+        if matcher is not None:
+            match = self.matching_loss(matcher, self.to_classifier(real), self.to_classifier(fake))
+            loss = loss + self.cfg.match_weight * match
+            stats["match"] = match.detach()
+        self.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_g.step()
+        return stats
+
+    def _train_pool_model(self, model, optimizer, steps: int):
+        loss = torch.zeros((), device=self.device)
+        model.train()
+        model.requires_grad_(True)
+        for _ in range(steps):
+            idx = torch.randint(len(self.train_y), (self.cfg.batch_size,), device=self.device)
+            x = self.dsa(self.train_x[idx])
+            loss = F.cross_entropy(model(x), self.train_y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            _average_grads(model, self.world)
+            optimizer.step()
+        model.eval()
+        model.requires_grad_(False)
+        return loss.detach()
+
+    def run_epoch(self, epoch: int) -> dict[str, Any]:
+        record = super().run_epoch(epoch)  # sums the per-step tensors on the device
+        keys = [k for k, v in record.items() if isinstance(v, Tensor)]
+        if keys:  # one host synchronisation per epoch
+            values = torch.stack([record[k].double() for k in keys]).tolist()
+            record.update(zip(keys, values))
+        return record
+
+
+VARIANTS: dict[str, Callable[[DistillConfig, RealData], Any]] = {
+    "library": Distiller,
+    "naive": NaiveDistiller,
+    "proposed": ProposedDistiller,
+}
+
+
+# -- setup ---------------------------------------------------------------------------------
+def synthetic_real(n: int, channels: int, size: int, seed: int = 0) -> RealData:
+    """A RealData of random normalised images (10 balanced classes), kept on the CPU."""
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randn(n, channels, size, size, generator=gen).clamp_(-2, 2)
+    labels = torch.arange(n) % NUM_CLASSES
+    return RealData(
+        name="synthetic",
+        train=RealSplit(images, labels),
+        test=None,
+        classes=[str(i) for i in range(NUM_CLASSES)],
+        channels=channels,
+        image_size=size,
+        mean=[0.5] * channels,
+        std=[0.25] * channels,
+    )
+
+
+def make_config(preset: str, device: str, steps1: int, steps2: int, seed: int = 0) -> DistillConfig:
+    base = DistillConfig(preset=preset, device=device, progress=False, out="unused-benchmark-run", seed=seed)
+    config = apply_preset(base)
+    # stage 1 = epochs [0, 10000), stage 2 after; few steps per epoch
+    return dataclasses.replace(
+        config, stage1_epochs=10_000, stage2_epochs=10_000, steps_per_epoch=steps1, stage2_steps_per_epoch=steps2
+    )
+
+
+def data_shape(preset: str) -> tuple[int, int]:
+    return (3, 32) if preset == "paper" else (1, 28)
+
+
+def build_variant(variant: str, device: str, preset: str, steps1: int, steps2: int, n: int, seed: int = 0):
+    channels, size = data_shape(preset)
+    config = make_config(preset, device, steps1, steps2, seed)
+    return VARIANTS[variant](config, synthetic_real(n, channels, size, seed)), config
+
+
+def mem_epoch(device: str, variant: str, stage: int, preset: str, steps1: int, steps2: int, n: int):
+    trainer, config = build_variant(variant, device, preset, steps1, steps2, n)
+    epoch = 0 if stage == 1 else config.stage1_epochs
+
+    def run() -> None:
+        trainer.run_epoch(epoch)
+
+    return run
+
+
+# -- equivalence -------------------------------------------------------------------------------
+def _compare(a, b) -> dict[str, float]:
+    """Largest weight difference (absolute) and gradient difference (relative, per network:
+    ``||g_a - g_b|| / ||g_a||``; a per-tensor ratio would be meaningless for the biases
+    that BatchNorm cancels, whose gradient is pure rounding noise)."""
+    weights, grads = 0.0, 0.0
+    for module_a, module_b in ((a.G, b.G), (a.D, b.D)):
+        num = den = 0.0
+        for pa, pb in zip(module_a.parameters(), module_b.parameters()):
+            weights = max(weights, (pa - pb).abs().max().item())
+            if pa.grad is not None and pb.grad is not None:
+                num += (pa.grad - pb.grad).double().pow(2).sum().item()
+                den += pa.grad.double().pow(2).sum().item()
+        grads = max(grads, (num / den) ** 0.5 if den > 0 else 0.0)
+    return {"weights_max_abs": weights, "grads_max_rel": grads}
+
+
+def check_equivalence(seed: int = 0) -> dict[str, Any]:
+    """One stage-1 and one stage-2 step of each variant from the same seed, on CPU."""
+    config = dataclasses.replace(
+        make_config("tiny", "cpu", 1, 1, seed), stage1_epochs=1, batch_size=16, width=16, disc_width=16
+    )
+    real = synthetic_real(64, 1, 28, seed)
+    with torch.random.fork_rng(devices=[]):
+        trainers = {name: cls(config, real) for name, cls in VARIANTS.items()}
+        out: dict[str, Any] = {"lr": config.lr}
+        records: dict[str, list[dict[str, Any]]] = {name: [] for name in trainers}
+        for epoch in (0, 1):  # stage 1, then stage 2
+            for name, trainer in trainers.items():
+                records[name].append(trainer.run_epoch(epoch))
+            ref = trainers["library"]
+            for name, trainer in trainers.items():
+                if name == "library":
+                    continue
+                diff = _compare(ref, trainer)
+                losses = 0.0
+                for key, value in records["library"][-1].items():
+                    if key in ("epoch", "stage", "steps", "pool_model"):
+                        continue
+                    other = records[name][-1][key]
+                    losses = max(losses, abs(value - other) / max(abs(value), 1e-6))
+                diff["losses_max_rel"] = losses
+                out[f"{name}_stage{epoch + 1}"] = diff
+    # same random draws on CPU: naive is bit-identical; proposed differs by float noise only
+    # (Adam's first step moves a weight by at most about lr, even for a ~0 gradient)
+    ok = all(
+        d["losses_max_rel"] < 1e-4 and d["grads_max_rel"] < 1e-3 and d["weights_max_abs"] <= 2.5 * config.lr
+        for k, d in out.items()
+        if isinstance(d, dict)
+    )
+    out["match"] = ok
+    return out
+
+
+def build_parser():
+    p = C.base_parser("distill_step", __doc__.splitlines()[0])
+    p.add_argument("--preset", choices=("tiny", "cpu-small", "paper"),
+                   help="sizes (default: tiny with --tiny, cpu-small on CPU, paper on CUDA)")
+    p.add_argument("--steps1", type=int, help="generator steps per timed stage-1 epoch")
+    p.add_argument("--steps2", type=int, help="generator steps per timed stage-2 epoch")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    device = C.setup(args)
+    cpu = device.type == "cpu"
+    args.preset = args.preset or ("tiny" if args.tiny else "cpu-small" if cpu else "paper")
+    args.steps1 = args.steps1 or (2 if args.tiny else 3 if cpu else 20)
+    args.steps2 = args.steps2 or (1 if args.tiny else 2 if cpu else 5)
+    args.repeats = args.repeats or (1 if args.tiny else 5 if cpu else 5)
+    if "library" not in args.variants:
+        args.variants.insert(0, "library")
+
+    equivalence = check_equivalence(args.seed)
+    print(f"same losses/gradients/weights after one step from the same seed (CPU): {equivalence['match']}")
+
+    config = make_config(args.preset, str(device), args.steps1, args.steps2, args.seed)
+    n = max(2048, 2 * config.batch_size * args.steps1)
+    trainers = {
+        name: build_variant(name, str(device), args.preset, args.steps1, args.steps2, n, args.seed)[0]
+        for name in args.variants
+    }
+    stage2 = config.stage1_epochs
+    rounds = {"epoch": 0}
+
+    def epoch_fn(trainer, stage):
+        def run() -> None:
+            # every variant runs the same epoch numbers (same pool model in stage 2)
+            trainer.run_epoch(rounds["epoch"] + (0 if stage == 1 else stage2))
+        return run
+
+    rows = []
+    for stage, steps in ((1, args.steps1), (2, args.steps2)):
+        variants = {name: epoch_fn(trainer, stage) for name, trainer in trainers.items()}
+        for fn in variants.values():  # warm-up
+            fn()
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        for r in range(args.repeats):
+            rounds["epoch"] = r + 1
+            for name in variants if r % 2 == 0 else reversed(list(variants)):
+                times[name].append(C.time_call(variants[name], device))
+        for name in variants:
+            t = times[name]
+            row = {
+                "stage": stage,
+                "variant": name,
+                "preset": args.preset,
+                "ms_per_step": round(C.median(t) / steps * 1000, 2),
+                "speedup_vs_naive": round(C.ratio(times["naive"], t), 3) if "naive" in times else None,
+            }
+            row.update(C.maybe_memory(args, not args.tiny or (stage == 1 and name == "library"), mem_epoch,
+                                      variant=name, stage=stage, preset=args.preset, steps1=args.steps1,
+                                      steps2=args.steps2, n=n))
+            rows.append(row)
+    cfg = config
+    C.print_table(
+        f"Distillation step time ({args.preset}: G width {cfg.width}, D width {cfg.disc_width}, batch {cfg.batch_size}, "
+        f"{cfg.inner_steps} inner steps, pool {cfg.pool}, {device})", rows, [
+            ("stage", "stage", ""), ("variant", "implementation", ""), ("ms_per_step", "ms / step", ".1f"),
+            ("speedup_vs_naive", "speed-up vs naive", ".2f"), ("peak_mb", "peak MB", ".0f"),
+        ])
+    results = {"rows": rows, "equivalence": equivalence, "config": cfg.to_json()}
+    C.write_json(args.json, "distill_step", args, device, results)
+    return results
+
+
+if __name__ == "__main__":
+    main()

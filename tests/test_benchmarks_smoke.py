@@ -1,0 +1,94 @@
+"""Smoke test of the benchmark scripts: each runs its ``--tiny`` configuration on CPU.
+
+The benchmarks themselves are not part of the test suite; this only checks that every
+script runs, prints a table and writes JSON with the expected keys and positive numbers.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture
+def one_thread():
+    """Run single-threaded (fast and steady on a busy CPU) and restore torch's setting."""
+    threads = torch.get_num_threads()
+    yield ["--threads", "1"]
+    torch.set_num_threads(threads)
+
+
+def _run(name: str, tmp_path: Path, capsys, extra: list[str]) -> tuple[dict, str]:
+    module = importlib.import_module(f"benchmarks.{name}")
+    out = tmp_path / f"{name}.json"
+    module.main(["--tiny", "--device", "cpu", "--json", str(out), *extra])
+    printed = capsys.readouterr().out
+    assert out.is_file(), f"{name} wrote no JSON"
+    data = json.loads(out.read_text())
+    assert data["benchmark"] == name
+    assert data["machine"]["torch"] == torch.__version__
+    assert data["args"]["tiny"] is True
+    return data, printed
+
+
+def _table_rows(printed: str) -> list[str]:
+    lines = [line for line in printed.splitlines() if line.startswith("| ")]
+    return lines[1:] if lines else []  # drop a header line
+
+
+def _positive(rows: list[dict], *keys: str) -> None:
+    assert rows
+    for row in rows:
+        for key in keys:
+            assert isinstance(row[key], (int, float)) and row[key] > 0, (key, row)
+
+
+def _memory(rows: list[dict]) -> None:
+    measured = [row for row in rows if "peak_mb" in row]
+    assert measured, "no peak-memory figure"
+    for row in measured:
+        assert row["peak_mb"] >= 0 and row["rss_mb"] > 0, row
+
+
+def test_generation(tmp_path, capsys, one_thread):
+    data, printed = _run("generation", tmp_path, capsys, one_thread + ["--widths", "8", "--models", "convnet3"])
+    assert any("| 8 " in line and "fp32" in line for line in _table_rows(printed))
+    _positive(data["throughput"], "ms_per_batch", "images_per_s", "speedup_vs_fp32")
+    _positive(data["fraction"], "gen_ms", "train_ms", "gen_train_ms", "gen_fraction")
+    _positive(data["loader_overhead"], "ms_per_epoch", "images_per_s")
+    assert {r["variant"] for r in data["loader_overhead"]} == {"preloaded", "preloaded+dsa", "synthetic w8"}
+    assert all("overhead_pct" in r for r in data["loader_overhead"])
+    _memory(data["throughput"] + data["loader_overhead"])
+
+
+def test_dsa(tmp_path, capsys, one_thread):
+    data, printed = _run("dsa", tmp_path, capsys, one_thread + ["--workers", "0", "--no-memory"])
+    assert any("torchvision w0" in line for line in _table_rows(printed))
+    _positive(data["rows"], "us_per_image", "images_per_s", "dsa_speedup")
+    assert set(data["speedups"]) == {f"{s} vs torchvision w0" for s in ("color_crop_cutout_flip_scale_rotate", "color_crop")}
+
+
+def test_distill_step(tmp_path, capsys, one_thread):
+    data, printed = _run("distill_step", tmp_path, capsys, one_thread + ["--no-memory"])
+    assert any("naive" in line for line in _table_rows(printed))
+    _positive(data["rows"], "ms_per_step", "speedup_vs_naive")
+    assert {(r["stage"], r["variant"]) for r in data["rows"]} == {
+        (s, v) for s in (1, 2) for v in ("library", "naive", "proposed")
+    }
+    assert data["equivalence"]["match"] is True
+
+
+def test_loader(tmp_path, capsys, one_thread):
+    data, printed = _run("loader", tmp_path, capsys, one_thread + ["--no-memory"])
+    assert any("dataset.loader()" in line for line in _table_rows(printed))
+    _positive(data["rows"], "ms_per_epoch", "images_per_s", "speedup_of_loader")
+    _positive([r for r in data["rows"] if r["path"].startswith("DataLoader")], "per_item_us")
