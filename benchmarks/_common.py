@@ -282,6 +282,18 @@ def supported_dtypes(device: torch.device) -> list[str]:
 
 
 # -- output -----------------------------------------------------------------------------
+#: environment variables worth recording with CPU figures
+ENV_SETTINGS = (
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TRIM_THRESHOLD_",
+    "MALLOC_TOP_PAD_",
+    "LD_PRELOAD",
+    "OMP_NUM_THREADS",
+    "OMP_WAIT_POLICY",
+    "MKL_NUM_THREADS",
+)
+
+
 def _cpu_model() -> str:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
@@ -307,6 +319,10 @@ def machine(device: torch.device | str) -> dict[str, Any]:
         "device": str(device),
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
+    # allocator / threading settings change CPU figures a lot: record them when set
+    env = {k: os.environ[k] for k in ENV_SETTINGS if os.environ.get(k)}
+    if env:
+        info["env"] = env
     try:
         info["load_average"] = [round(v, 2) for v in os.getloadavg()]
     except OSError:

@@ -20,6 +20,7 @@ Three tables:
 
 from __future__ import annotations
 
+import inspect
 import sys
 from typing import Any, Callable, Sequence
 
@@ -30,6 +31,8 @@ from synthsets import DSA, SyntheticDataset, create_model
 from . import _common as C
 
 NUM_CLASSES = 10
+#: SyntheticDataset's default generation batch size
+SYNTHETIC_BATCH = inspect.signature(SyntheticDataset).parameters["batch_size"].default
 
 
 def _noise(generator, batch: int, device: torch.device) -> torch.Tensor:
@@ -59,16 +62,32 @@ def mem_generate(**kw: Any) -> Callable[[], Any]:
     return build_generate(**kw)
 
 
-def build_epoch(device: str, kind: str, width: int, inpc: int, batch: int, model: str, seed: int = 0):
+def build_epoch(
+    device: str,
+    kind: str,
+    width: int,
+    inpc: int,
+    batch: int,
+    model: str,
+    seed: int = 0,
+    gen_batch: int | None = None,
+    channels_last: bool = False,
+):
     """One training epoch of ``model`` on INPC x 10 images: ``kind`` is ``preloaded``,
-    ``preloaded+dsa`` or ``synthetic`` (SyntheticDataset.loader with DSA)."""
+    ``preloaded+dsa`` or ``synthetic`` (SyntheticDataset.loader with DSA; ``gen_batch``
+    is its generation batch size, default the library's; ``channels_last`` converts the
+    generator first, which SyntheticDataset keeps)."""
     device = torch.device(device)
     torch.manual_seed(seed)
     net = create_model(model, NUM_CLASSES).to(device)
     step = C.train_step_fn(net, C.sgd(net))
     n = inpc * NUM_CLASSES
     if kind == "synthetic":
-        dataset = SyntheticDataset(C.make_generator(width), inpc, augment="dsa", device=device, seed=seed)
+        extra = {"batch_size": gen_batch} if gen_batch else {}
+        generator = C.make_generator(width)
+        if channels_last:
+            generator = generator.to(memory_format=torch.channels_last)
+        dataset = SyntheticDataset(generator, inpc, augment="dsa", device=device, seed=seed, **extra)
         loader = dataset.loader(batch_size=batch)
 
         def run() -> None:
@@ -182,9 +201,19 @@ def loader_overhead(args, device: torch.device) -> list[dict[str, Any]]:
         spec[kind] = dict(kind=kind, width=0, **common)
     for width in args.widths:
         spec[f"synthetic w{width}"] = dict(kind="synthetic", width=width, **common)
+    if args.gen_batch_alt:  # the narrowest generator again, with a smaller generation batch
+        width = min(args.widths)
+        spec[f"synthetic w{width} gen-batch {args.gen_batch_alt}"] = dict(
+            kind="synthetic", width=width, gen_batch=args.gen_batch_alt, **common
+        )
+        spec[f"synthetic w{width} gen-batch {args.gen_batch_alt} channels_last"] = dict(
+            kind="synthetic", width=width, gen_batch=args.gen_batch_alt, channels_last=True, **common
+        )
     for name, kw in spec.items():
         variants[name] = build_epoch(str(device), **kw)
-    times = C.interleaved(variants, device, args.repeats, min_seconds=0.2 if device.type == "cuda" else 0.0)
+    # the overhead is a small difference of two long times: give it more rounds
+    rounds = args.repeats if args.tiny else args.repeats + 2
+    times = C.interleaved(variants, device, rounds, min_seconds=0.2 if device.type == "cuda" else 0.0)
     n = args.overhead_inpc * NUM_CLASSES
     rows = []
     for i, (name, kw) in enumerate(spec.items()):
@@ -199,6 +228,7 @@ def loader_overhead(args, device: torch.device) -> list[dict[str, Any]]:
             "overhead_pct": round((C.ratio(t, times["preloaded"]) - 1) * 100, 1),
             "overhead_vs_dsa_pct": round((C.ratio(t, times["preloaded+dsa"]) - 1) * 100, 1),
         }
+        row["gen_batch"] = kw.get("gen_batch") or (SYNTHETIC_BATCH if kw["kind"] == "synthetic" else None)
         row.update(C.maybe_memory(args, not args.tiny or i == 2, mem_epoch, **kw))
         rows.append(row)
     return rows
@@ -216,6 +246,9 @@ def build_parser():
     p.add_argument("--overhead-model", default="resnet18")
     p.add_argument("--overhead-inpc", type=int, help="images per class per epoch of the loader-overhead table "
                    "(default: 25 on CPU, 50 on CUDA)")
+    p.add_argument("--gen-batch-alt", type=int, help="also run the narrowest synthetic loader with this "
+                   "SyntheticDataset batch_size, and with it plus a channels_last generator "
+                   "(default: 64 on CPU, none on CUDA; 0: none)")
     p.add_argument("--skip", nargs="*", default=[], choices=("throughput", "fraction", "loader_overhead"))
     return p
 
@@ -232,6 +265,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args.models = args.models or ["convnet3", "resnet18"]
     args.overhead_inpc = args.overhead_inpc or (2 if tiny else 25 if device.type == "cpu" else 50)
     args.repeats = args.repeats or (1 if tiny else 3 if device.type == "cpu" else 10)
+    if args.gen_batch_alt is None:
+        args.gen_batch_alt = 64 if device.type == "cpu" and not tiny else 0
 
     results: dict[str, Any] = {}
     if "throughput" not in args.skip:
@@ -253,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         C.print_table(
             f"{args.overhead_model} epoch: synthetic loader vs pre-loaded tensors "
             f"(INPC {args.overhead_inpc} x 10 classes, batch {args.batch}, {device})", rows, [
-                ("variant", "data", ""), ("ms_per_epoch", "ms / epoch", ".0f"), ("images_per_s", "images/s", ".0f"),
+                ("variant", "data", ""), ("gen_batch", "generation batch", ""), ("ms_per_epoch", "ms / epoch", ".0f"), ("images_per_s", "images/s", ".0f"),
                 ("overhead_pct", "overhead % vs pre-loaded", "+.1f"), ("overhead_vs_dsa_pct", "% vs pre-loaded+DSA", "+.1f"),
                 ("peak_mb", "peak MB", ".0f"),
             ])

@@ -27,13 +27,14 @@ from synthsets import SyntheticDataset
 from . import _common as C
 
 
-def build_dataset(device: str, width: int, inpc: int, seed: int = 0) -> SyntheticDataset:
-    return SyntheticDataset(C.make_generator(width), inpc, augment="dsa", device=device, seed=seed)
+def build_dataset(device: str, width: int, inpc: int, seed: int = 0, gen_batch: int | None = None) -> SyntheticDataset:
+    extra = {"batch_size": gen_batch} if gen_batch else {}
+    return SyntheticDataset(C.make_generator(width), inpc, augment="dsa", device=device, seed=seed, **extra)
 
 
-def build_epoch(device: str, path: str, width: int, inpc: int, batch: int, seed: int = 0):
+def build_epoch(device: str, path: str, width: int, inpc: int, batch: int, seed: int = 0, gen_batch: int | None = None):
     """One full epoch through ``path`` ("dataloader" or "loader")."""
-    dataset = build_dataset(device, width, inpc, seed)
+    dataset = build_dataset(device, width, inpc, seed, gen_batch)
     if path == "dataloader":
         iterable = DataLoader(dataset, batch_size=batch, shuffle=True)
     elif path == "loader":
@@ -80,6 +81,7 @@ def build_parser():
     p.add_argument("--inpc", type=int, nargs="+", help="images per class per epoch (default 50 500; tiny 2 5)")
     p.add_argument("--width", type=int, help="generator width (default: 64 on CPU, the CPU preset; 196 on CUDA)")
     p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--gen-batch", type=int, help="SyntheticDataset batch_size (generation batch; default: the library's)")
     return p
 
 
@@ -95,16 +97,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     rows = []
     for i, inpc in enumerate(args.inpc):
         n = inpc * 10
-        variants = {path: build_epoch(str(device), path, args.width, inpc, args.batch, args.seed)
+        variants = {path: build_epoch(str(device), path, args.width, inpc, args.batch, args.seed, args.gen_batch)
                     for path in ("dataloader", "loader")}
         times = C.interleaved(variants, device, args.repeats, min_seconds=0.2 if not cpu else 0.0)
-        cost = per_item_cost(device, build_dataset(str(device), args.width, inpc, args.seed), args.batch, args.repeats)
+        dataset = build_dataset(str(device), args.width, inpc, args.seed, args.gen_batch)
+        cost = per_item_cost(device, dataset, args.batch, args.repeats)
         for path, t in times.items():
             row = {
                 "inpc": inpc,
                 "images": n,
                 "path": "DataLoader(dataset)" if path == "dataloader" else "dataset.loader()",
                 "width": args.width,
+                "gen_batch": dataset.batch_size,
                 "ms_per_epoch": round(C.median(t) * 1000, 2),
                 "images_per_s": round(n / C.median(t), 1),
                 "speedup_of_loader": round(C.ratio(times["dataloader"], times["loader"]), 3),
@@ -112,10 +116,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 "tensor_dataset_per_item_us": round(cost["tensor"] * 1e6, 2) if path == "dataloader" else None,
             }
             row.update(C.maybe_memory(args, not args.tiny or i == 0 and path == "loader", mem_epoch, path=path,
-                                      width=args.width, inpc=inpc, batch=args.batch))
+                                      width=args.width, inpc=inpc, batch=args.batch, gen_batch=args.gen_batch))
             rows.append(row)
     C.print_table(
-        f"SyntheticDataset epochs (generator width {args.width}, 10 classes, 32x32x3, DSA, batch {args.batch}, {device})",
+        f"SyntheticDataset epochs (generator width {args.width}, generation batch {rows[0]['gen_batch']}, "
+        f"10 classes, 32x32x3, DSA, batch {args.batch}, {device})",
         rows, [
             ("inpc", "INPC", ""), ("images", "images", ""), ("path", "path", ""), ("ms_per_epoch", "ms / epoch", ".0f"),
             ("images_per_s", "images/s", ".0f"), ("speedup_of_loader", "loader() speed-up", ".2f"),
