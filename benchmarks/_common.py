@@ -49,17 +49,24 @@ def base_parser(name: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--tiny", action="store_true", help="a seconds-long smoke run (tiny sizes, one round)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available, else cpu)")
     p.add_argument(
-        "--json", type=Path, default=RESULTS_DIR / f"{name}.json", help="where to write the results (JSON)"
+        "--json",
+        type=Path,
+        default=None,
+        help=f"where to write the results (default benchmarks/results/{name}.json; "
+        f"with --tiny benchmarks/results/tiny/{name}.json, so that smoke runs never replace real figures)",
     )
     p.add_argument("--repeats", type=int, default=None, help="timed rounds per variant (median reported)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory measurements")
     p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(prog_name=name)
     return p
 
 
 def setup(args: argparse.Namespace) -> torch.device:
     """Resolve the device, apply --threads and the seed; returns the device."""
+    if args.json is None:
+        args.json = (RESULTS_DIR / "tiny" if args.tiny else RESULTS_DIR) / f"{args.prog_name}.json"
     device = torch.device(args.device or default_device())
     if device.type == "cuda":
         if not torch.cuda.is_available():
@@ -357,10 +364,18 @@ def print_table(title: str, rows: list[dict[str, Any]], columns: Sequence[tuple[
 
 
 def write_json(path: Path, name: str, args: argparse.Namespace, device: torch.device, results: dict[str, Any]) -> Path:
-    arguments = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    arguments = {k: (_shown(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     payload = {"benchmark": name, "machine": machine(device), "args": arguments, **results}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    print(f"\nresults written to {path}")
+    print(f"\nresults written to {_shown(path)}")
     return path
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when inside it (results must not name local folders)."""
+    try:
+        return Path(path).resolve().relative_to(REPO_ROOT).as_posix()
+    except ValueError:
+        return str(path)

@@ -12,6 +12,7 @@ from typing import Any
 
 from .augment import DSA, DSAParams, cutmix
 from .dataset import SyntheticDataset, SyntheticLoader
+from .export import materialize
 from .generator import Generator, GeneratorConfig
 from .hub import PretrainedNotFoundError, WeightsError, list_pretrained
 from .models import create_model, list_models
@@ -32,6 +33,7 @@ __all__ = [
     "cutmix",
     "list_models",
     "list_pretrained",
+    "materialize",
     "__version__",
 ]
 

@@ -72,16 +72,16 @@ def test_bundled_generators_load_from_a_non_editable_install(tmp_path):
     assert out["shape"] == [10, 1, 28, 28]
 
 
-def test_mnist_generator_images_are_learnable():
+def test_mnist_generator_images_are_learnable(single_thread):
     """A small classifier trained on MNIST-generator images recognises fresh ones far above chance."""
     torch.manual_seed(0)
-    train = synthsets.DiM("mnist", inpc=40, device="cpu", seed=1, augment=None)
-    held_out = synthsets.DiM("mnist", inpc=20, device="cpu", seed=2, augment=None)
+    train = synthsets.DiM("mnist", inpc=20, device="cpu", seed=1, augment=None)
+    held_out = synthsets.DiM("mnist", inpc=10, device="cpu", seed=2, augment=None)
     x, y = train.epoch_tensors()
     xt, yt = held_out.epoch_tensors()
     model = synthsets.create_model("convnet3", 10, 1, 28, width=16)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for step in range(150):
+    for step in range(120):
         idx = torch.randint(len(y), (64,))
         loss = F.cross_entropy(model(x[idx]), y[idx])
         opt.zero_grad()

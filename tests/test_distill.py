@@ -597,3 +597,19 @@ def test_image_folder_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
     monkeypatch.setenv("SYNTHSETS_CACHE", "off")
     data_mod.load_real(root)
     assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2
+
+
+def test_push_to_hub_round_trips_through_a_local_endpoint(grey28, tmp_path, hub_endpoint):
+    """--push-to-hub uploads the output folder (not the checkpoints) with the real client."""
+    import synthsets
+
+    out = tmp_path / "pushed"
+    assert run_cli(grey28, out, "--push-to-hub", "me/dim-grey") == 0
+    remote = hub_endpoint.state.files("me/dim-grey")
+    assert {"config.json", "model.safetensors", "README.md", "log.jsonl"} <= set(remote)
+    assert not any(name.startswith("checkpoints/") for name in remote)
+    assert remote["model.safetensors"] == (out / "model.safetensors").read_bytes()
+    loaded = synthsets.Generator.from_pretrained("me/dim-grey", cache_dir=tmp_path / "cache")
+    local = synthsets.Generator.from_pretrained(out)
+    for key, value in local.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key
