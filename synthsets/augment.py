@@ -216,11 +216,14 @@ def _apply(op: str, x: Tensor, prm: Any) -> Tensor:
     if op == "flip":
         return torch.where(prm.view(-1, 1, 1, 1), x.flip(-1), x)
     if op == "color":
-        x = x + _per_sample(prm["brightness"], x)
-        m = x.mean(dim=1, keepdim=True)
-        x = (x - m) * _per_sample(prm["saturation"], x) + m
-        m = x.mean(dim=(1, 2, 3), keepdim=True)
-        return (x - m) * _per_sample(prm["contrast"], x) + m
+        # brightness (+b), then saturation (x s around the channel mean), then contrast
+        # (x c around the image mean), fused: the channel mean of x + b is mc + b and the
+        # image mean after saturation is mall + b, so the result is
+        # (x - mc) s c + (mc - mall) c + mall + b
+        b, s, c = (_per_sample(prm[k], x) for k in ("brightness", "saturation", "contrast"))
+        mc = x.mean(dim=1, keepdim=True)
+        mall = mc.mean(dim=(2, 3), keepdim=True)
+        return torch.addcmul((mc - mall) * c + mall + b, x - mc, c * s)
     if op == "geometric":
         n, (c, h, w) = prm.shape[0], x.shape[1:]
         grid = F.affine_grid(prm.to(x.dtype), [n, c, h, w], align_corners=False)

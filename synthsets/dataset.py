@@ -86,7 +86,8 @@ class SyntheticDataset(Dataset):
         device: where images are generated; default CUDA when present, else CPU.
         seed: makes the stream of epochs reproducible on the same device; ``None`` draws
             one from torch's global RNG (so ``torch.manual_seed`` also fixes it).
-        batch_size: generation batch size.
+        batch_size: generation batch size (default: 500 on CUDA, 64 on the CPU, the fastest
+            sizes measured; the augmentation stream depends on it).
         normalize: apply the dataset mean/std (default) or return images in ``[0, 1]``.
         distributed: ``"auto"`` shards each epoch over torch.distributed ranks (each rank
             sees distinct samples; do not add a ``DistributedSampler``), ``False`` never.
@@ -106,7 +107,7 @@ class SyntheticDataset(Dataset):
         augment: AugmentSpec = "dsa",
         device: str | torch.device | None = None,
         seed: int | None = None,
-        batch_size: int = 500,
+        batch_size: int | None = None,
         normalize: bool = True,
         distributed: bool | str = "auto",
     ) -> None:
@@ -117,8 +118,8 @@ class SyntheticDataset(Dataset):
             )
         if isinstance(inpc, bool) or not isinstance(inpc, int) or inpc <= 0:
             raise ValueError(f"inpc (images per class) must be a positive int, got {inpc!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0):
+            raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise TypeError(f"seed must be an int or None, got {seed!r}")
         for name, fn in (("transform", transform), ("target_transform", target_transform)):
@@ -128,12 +129,16 @@ class SyntheticDataset(Dataset):
             raise ValueError(f"distributed must be 'auto', True or False, got {distributed!r}")
 
         self.device = torch.device(device) if device is not None else default_device()
-        self.generator = generator.to(self.device).eval()
+        generator = generator.to(self.device).eval()
+        if self.device.type == "cpu":  # oneDNN prefers NHWC: 1.4-1.6x faster generation on CPU
+            generator = generator.to(memory_format=torch.channels_last)
+        self.generator = generator
         self.inpc = inpc
         self.transform = transform
         self.target_transform = target_transform
         self.augment = _make_augment(augment)
-        self.batch_size = batch_size
+        # big CPU batches re-fault their activation buffers on every call: small ones are faster
+        self.batch_size = batch_size or (500 if self.device.type == "cuda" else 64)
         self.normalize = normalize
         config = generator.config
         self.classes: list[str] = list(config.classes)
@@ -215,7 +220,7 @@ class SyntheticDataset(Dataset):
     # -- generation --------------------------------------------------------------------
     @torch.no_grad()
     def _render(self, noise: Tensor, chunk_id: int) -> Tensor:
-        images = self.generator(noise)
+        images = self.generator(noise).contiguous()  # standard layout for users
         images = (images.float() + 1) / 2
         if self.normalize:
             images = (images - self.mean) / self.std

@@ -176,6 +176,7 @@ def _setup_distributed(device: str | None) -> tuple[torch.device, int, int, bool
         local = int(os.environ.get("LOCAL_RANK", 0))
         dev = torch.device("cuda", local if world > 1 else (dev.index or 0))
         torch.cuda.set_device(dev)
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
     return dev, rank, world, started
 
 
@@ -273,12 +274,14 @@ class Distiller:
         return list(order[: steps * b].view(steps, b))
 
     # -- one GAN step (both stages) ---------------------------------------------------
-    def _discriminator_step(self, real: Tensor, labels: Tensor, z: Tensor) -> dict[str, float]:
+    def _discriminator_step(self, real: Tensor, labels: Tensor, z: Tensor) -> dict[str, Tensor]:
         with torch.no_grad():
             fake = self.G_train(z)
         self.D.requires_grad_(True)
-        score_real, logits_real = self.D(real)
-        score_fake, logits_fake = self.D(fake)
+        # one forward over real and fake together (LayerNorm is per sample: same maths)
+        score, logits = self.D(torch.cat([real, fake]))
+        n = real.shape[0]
+        score_real, score_fake, logits_real, logits_fake = score[:n], score[n:], logits[:n], logits[n:]
         gp = gradient_penalty(self.D, real, fake)
         loss = (
             score_fake.mean()
@@ -291,20 +294,21 @@ class Distiller:
         loss.backward()
         _average_grads(self.D, self.world)
         self.opt_d.step()
-        return {"d_loss": loss.item(), "gp": gp.item(), "wdist": (score_real.mean() - score_fake.mean()).item()}
+        # losses stay on the device (no host sync per step); run_epoch reads them once per epoch
+        return {"d_loss": loss.detach(), "gp": gp.detach(), "wdist": (score_real.mean() - score_fake.mean()).detach()}
 
     def _generator_step(
         self, real: Tensor, labels: Tensor, z: Tensor, matcher: nn.Module | None
-    ) -> dict[str, float]:
+    ) -> dict[str, Tensor]:
         self.D.requires_grad_(False)
         fake = self.G_train(z)
         score, logits = self.D(fake)
         g_gan = -score.mean() + F.cross_entropy(logits, labels)
-        loss, stats = g_gan, {"g_loss": g_gan.item()}
+        loss, stats = g_gan, {"g_loss": g_gan.detach()}
         if matcher is not None:
             match = self.matching_loss(matcher, self.to_classifier(real), self.to_classifier(fake))
             loss = loss + self.cfg.match_weight * match
-            stats["match"] = match.item()
+            stats["match"] = match.detach()
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_g.step()
@@ -317,7 +321,7 @@ class Distiller:
             target = F.log_softmax(model(real_aug), dim=1)
         return (target - F.log_softmax(model(fake_aug), dim=1)).pow(2).mean()
 
-    def _train_pool_model(self, model: nn.Module, optimizer: torch.optim.Optimizer, steps: int) -> float:
+    def _train_pool_model(self, model: nn.Module, optimizer: torch.optim.Optimizer, steps: int) -> Tensor:
         model.train()
         model.requires_grad_(True)
         loss = torch.zeros((), device=self.device)
@@ -332,7 +336,7 @@ class Distiller:
         _average_buffers(model, self.world)
         model.eval()
         model.requires_grad_(False)
-        return loss.item()
+        return loss.detach()
 
     def _new_pool_model(self, epoch: int) -> tuple[nn.Module, torch.optim.Optimizer, str]:
         # identical on every rank: the choice and the init depend on (seed, epoch) only
@@ -362,7 +366,7 @@ class Distiller:
         self.G_train.train()
         self.D.train()
         steps = self._steps(stage)
-        totals: dict[str, float] = {}
+        totals: dict[str, Tensor] = {}
         bar = None
         if cfg.progress and self.is_main:
             from tqdm.auto import tqdm
@@ -376,18 +380,19 @@ class Distiller:
                 stats["pool_ce"] = self._train_pool_model(matcher, opt_m, cfg.inner_steps)
             stats.update(self._generator_step(real, labels, z, matcher))
             for k, v in stats.items():
-                totals[k] = totals.get(k, 0.0) + v
+                totals[k] = totals[k] + v if k in totals else v.double()
             if bar is not None:
                 bar.update(1)
                 if step % 10 == 0:
-                    bar.set_postfix({k: f"{v:.3f}" for k, v in stats.items()})
+                    bar.set_postfix({k: f"{float(v):.3f}" for k, v in stats.items()})
         if bar is not None:
             bar.close()
+        keys = sorted(totals)  # one host sync per epoch
+        values = torch.stack([totals[k] for k in keys])
         if self.world > 1:  # log the mean over ranks
-            keys = sorted(totals)
-            values = torch.tensor([totals[k] for k in keys], dtype=torch.float64, device=self.device)
             torch.distributed.all_reduce(values)
-            totals = dict(zip(keys, (values / self.world).tolist()))
+            values = values / self.world
+        totals = dict(zip(keys, values.tolist()))
         record: dict[str, Any] = {"epoch": epoch + 1, "stage": stage, "steps": steps}
         record.update({k: v / steps for k, v in totals.items()})
         if pool_name:
