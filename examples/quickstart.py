@@ -34,9 +34,9 @@ def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--generator", default="mnist", help="bundled name, local folder or Hub repo id")
-    parser.add_argument("--inpc", type=int, default=50, help="images per class per epoch")
+    parser.add_argument("--inpc", type=int, default=10, help="images per class per epoch")
     parser.add_argument("--model", default="convnet3", help="synthsets or timm model name")
-    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--epochs", type=int, default=150)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--root", default="data", help="real data folder (for the test set)")

@@ -51,10 +51,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu-small": {
         "width": 64,
         "disc_width": 32,
-        "stage1_epochs": 8,
+        "stage1_epochs": 14,
         "stage2_epochs": 2,
-        "steps_per_epoch": 150,
+        "steps_per_epoch": 200,
         "stage2_steps_per_epoch": 30,
+        "lr": 2e-4,
         "inner_steps": 16,
         "pool": ["convnet3"],
         "pool_width": 32,
