@@ -279,10 +279,12 @@ class Distiller:
         with torch.no_grad():
             fake = self.G_train(z)
         self.D.requires_grad_(True)
-        # one forward over real and fake together (LayerNorm is per sample: same maths)
-        score, logits = self.D(torch.cat([real, fake]))
-        n = real.shape[0]
-        score_real, score_fake, logits_real, logits_fake = score[:n], score[n:], logits[:n], logits[n:]
+        if self.device.type == "cuda":  # one launch-efficient forward (LayerNorm is per sample)
+            score, logits = self.D(torch.cat([real, fake]))
+            n = real.shape[0]
+            score_real, score_fake, logits_real, logits_fake = score[:n], score[n:], logits[:n], logits[n:]
+        else:  # on the CPU two half-size passes are faster (measured: 65 vs 82 ms at width 32)
+            (score_real, logits_real), (score_fake, logits_fake) = self.D(real), self.D(fake)
         gp = gradient_penalty(self.D, real, fake)
         loss = (
             score_fake.mean()
