@@ -89,7 +89,21 @@ def _norm2d(norm: str, c: int) -> nn.Module:
 # --------------------------------------------------------------------------- models
 
 
-class ConvNet(nn.Module):
+class _PaddedConvClassifier(nn.Module):
+    """Shared tail of ConvNet, VGG and AlexNet: pad small inputs, ``features``, flatten, ``classifier``."""
+
+    features: nn.Module
+    classifier: nn.Linear
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Flattened features fed to the classifier."""
+        return torch.flatten(self.features(_pad_to_min(x)), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
+
+
+class ConvNet(_PaddedConvClassifier):
     """ConvNet-D: ``depth`` blocks of Conv3x3(width) + norm + ReLU + AvgPool(2), then Linear.
 
     The standard model of dataset condensation (ConvNet-3 with width 128 and instance
@@ -134,14 +148,6 @@ class ConvNet(nn.Module):
         self.feature_size = size
         self.feature_dim = width * size * size
         self.classifier = nn.Linear(self.feature_dim, num_classes)
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Flattened features fed to the classifier."""
-        return torch.flatten(self.features(_pad_to_min(x)), 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.embed(x))
-
 
 class BasicBlock(nn.Module):
     """ResNet basic block (two 3x3 convs + identity/projection shortcut).
@@ -247,7 +253,7 @@ class ResNet(nn.Module):
 _VGG11_CFG = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 
 
-class VGG(nn.Module):
+class VGG(_PaddedConvClassifier):
     """VGG-11 for 32x32 images: Conv3x3 + instance norm + ReLU blocks with MaxPool(2).
 
     Five max-pools take a 32x32 input to 1x1x512, followed by Linear(512 -> classes).
@@ -284,15 +290,8 @@ class VGG(nn.Module):
         self.feature_dim = c_in * size * size
         self.classifier = nn.Linear(self.feature_dim, num_classes)
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Flattened features fed to the classifier."""
-        return torch.flatten(self.features(_pad_to_min(x)), 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.embed(x))
-
-
-class AlexNet(nn.Module):
+class AlexNet(_PaddedConvClassifier):
     """AlexNet sized for 32x32 images (as in the dataset-condensation literature).
 
     Conv5(128) MaxPool, Conv5(192) MaxPool, Conv3(256), Conv3(192), Conv3(192) MaxPool,
@@ -324,13 +323,6 @@ class AlexNet(nn.Module):
         size = _padded_size(image_size) // 8
         self.feature_dim = 192 * size * size
         self.classifier = nn.Linear(self.feature_dim, num_classes)
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Flattened features fed to the classifier."""
-        return torch.flatten(self.features(_pad_to_min(x)), 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.embed(x))
 
 
 # --------------------------------------------------------------------------- registry
