@@ -149,6 +149,7 @@ class ConvNet(_PaddedConvClassifier):
         self.feature_dim = width * size * size
         self.classifier = nn.Linear(self.feature_dim, num_classes)
 
+
 class BasicBlock(nn.Module):
     """ResNet basic block (two 3x3 convs + identity/projection shortcut).
 
