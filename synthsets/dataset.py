@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import operator
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -24,6 +23,9 @@ from torch.utils.data import Dataset, get_worker_info
 
 from .augment import DSA
 from .generator import Generator
+
+#: DataLoader workers whose reads are counted towards epochs (more raise an error).
+MAX_WORKERS = 64
 
 #: DSA strategy used at deployment (paper Sec. 4.1: colour and crop; CutMix is applied by
 #: the training loop, see ``synthsets.evaluate``).
@@ -95,7 +97,8 @@ class SyntheticDataset(Dataset):
             items wrap around (as ``DistributedSampler`` pads) so all ranks have equal length.
 
     Epochs advance with :meth:`set_epoch`, automatically once every item of an epoch has
-    been read and another is asked for, and at each pass of :meth:`loader`.
+    been read and another is asked for (also across CPU DataLoader workers, which share
+    the counter), and at each pass of :meth:`loader`.
     """
 
     def __init__(
@@ -162,10 +165,14 @@ class SyntheticDataset(Dataset):
         per_rank = math.ceil(total / self.world_size)
         self._indices = torch.arange(self.rank, per_rank * self.world_size, self.world_size) % total
         self.targets: list[int] = self._global_labels[self._indices].tolist()
-        self.epoch = 0
+        # Items served since epoch ``_base_epoch`` started, one slot per process that reads
+        # the dataset (0: this process, 1 + w: DataLoader worker w). The slots live in shared
+        # memory, so worker copies made at fork/spawn time keep counting together and a
+        # DataLoader with workers also gets a new epoch on every pass.
+        self._counts = torch.zeros(1 + MAX_WORKERS, dtype=torch.int64).share_memory_()
+        self._base_epoch = 0
+        self._active_epoch = 0  # the epoch whose images are cached / being generated
         self._cache: dict[int, Tensor] = {}
-        self._served = 0
-        self._warned_worker = False
 
     # -- torchvision-style attributes --------------------------------------------------
     @property
@@ -203,18 +210,35 @@ class SyntheticDataset(Dataset):
         return "\n".join(lines)
 
     # -- epochs ------------------------------------------------------------------------
+    @property
+    def epoch(self) -> int:
+        """The epoch of the items served last (advances once a full pass has been read)."""
+        served = int(self._counts.sum())
+        return self._base_epoch + (served - 1) // len(self) if served else self._base_epoch
+
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose images are served (as ``DistributedSampler.set_epoch``)."""
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
             raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
-        if epoch != self.epoch:
+        self._counts.zero_()
+        self._base_epoch = epoch
+        self._activate(epoch)
+
+    def _mark_consumed(self) -> None:
+        """Count the current epoch as fully read: the next item starts a new epoch."""
+        epoch = self.epoch
+        self._counts.zero_()
+        self._counts[0] = len(self)
+        self._base_epoch = epoch
+
+    def _activate(self, epoch: int) -> None:
+        if epoch != self._active_epoch:
             self._cache.clear()
-        self.epoch = epoch
-        self._served = 0
+            self._active_epoch = epoch
 
     def _rng(self, *parts: int) -> torch.Generator:
         rng = torch.Generator(device=self.device)
-        rng.manual_seed(_mix_seed(self.seed, self.epoch, *parts))
+        rng.manual_seed(_mix_seed(self.seed, self._active_epoch, *parts))
         return rng
 
     # -- generation --------------------------------------------------------------------
@@ -241,9 +265,9 @@ class SyntheticDataset(Dataset):
     def _chunk(self, chunk_id: int) -> Tensor:
         images = self._cache.get(chunk_id)
         if images is None:
-            if not hasattr(self, "_noise_epoch") or self._noise_epoch != self.epoch:
+            if getattr(self, "_noise_epoch", None) != self._active_epoch:
                 self._noise = self._epoch_noise()
-                self._noise_epoch = self.epoch
+                self._noise_epoch = self._active_epoch
             start = chunk_id * self.batch_size
             local = self._indices[start : start + self.batch_size].to(self.device)
             images = self._render(self._noise[local], chunk_id)
@@ -252,6 +276,7 @@ class SyntheticDataset(Dataset):
 
     def epoch_tensors(self) -> tuple[Tensor, Tensor]:
         """All images and labels of the current epoch (for this rank), on the device."""
+        self._activate(self.epoch)
         chunks = [self._chunk(i) for i in range(math.ceil(len(self) / self.batch_size))]
         labels = self._global_labels[self._indices].to(self.device)
         return torch.cat(chunks), labels
@@ -261,22 +286,22 @@ class SyntheticDataset(Dataset):
             index = operator.index(index)  # ints, numpy integers, integer 0-d tensors
         except TypeError:
             raise TypeError(f"index must be an int, got {type(index).__name__}") from None
-        if not self._warned_worker and get_worker_info() is not None:
-            self._warned_worker = True
-            warnings.warn(
-                "SyntheticDataset is being read in a DataLoader worker process: worker copies do not "
-                "share the epoch counter, so every epoch may repeat the same images. Use "
-                "num_workers=0 (generation is already batched on the device) or dataset.loader().",
-                RuntimeWarning,
-                stacklevel=2,
+        worker = get_worker_info()
+        slot = 0 if worker is None else 1 + worker.id
+        if worker is not None and (self.device.type != "cpu" or slot > MAX_WORKERS):
+            raise RuntimeError(
+                f"SyntheticDataset on {self.device} cannot be read from DataLoader worker {worker.id}: "
+                f"generation on an accelerator (and more than {MAX_WORKERS} workers) is not supported in "
+                "worker processes. Use num_workers=0 (generation is already batched on the device) "
+                "or dataset.loader()."
             )
         if index < 0:
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} items")
-        if self._served >= len(self):  # a full pass was read: the next access starts a new epoch
-            self.set_epoch(self.epoch + 1)
-        self._served += 1
+        # the item's epoch: a full pass read so far moves to the next one
+        self._activate(self._base_epoch + int(self._counts.sum()) // len(self))
+        self._counts[slot] += 1
         # a copy, so that an in-place transform cannot alter the cached epoch
         image = self._chunk(index // self.batch_size)[index % self.batch_size].clone()
         target: Any = self.targets[index]
@@ -320,10 +345,10 @@ class SyntheticLoader:
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         ds = self.dataset
-        if self._started or ds._served > 0:
+        if self._started or int(ds._counts.sum()) > 0:
             ds.set_epoch(ds.epoch + 1)
         self._started = True
-        ds._served = len(ds)  # this pass consumes the epoch
+        ds._mark_consumed()  # this pass consumes the epoch
         images, labels = ds.epoch_tensors()
         if self.shuffle:
             order = torch.randperm(len(labels), device=ds.device, generator=ds._rng(2, ds.rank))

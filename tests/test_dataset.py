@@ -377,10 +377,29 @@ def test_generator_must_be_a_generator(generator):
         SyntheticDataset(generator, 1)
 
 
-def test_dataloader_workers_are_warned_about(gen, monkeypatch):
-    monkeypatch.setattr("synthsets.dataset.get_worker_info", lambda: object())
+def test_dataloader_workers_share_the_epoch_counter(gen):
+    """With worker processes every pass is still a balanced, fresh epoch, the same images
+    as the single-process reader gets."""
+    ds = SyntheticDataset(gen, 4, device="cpu", seed=5, augment=None)
+    reference = SyntheticDataset(gen, 4, device="cpu", seed=5, augment=None)
+    loader = DataLoader(ds, batch_size=8, shuffle=False, num_workers=2, multiprocessing_context="fork")
+    epochs = []
+    for epoch in range(2):
+        xs, ys = zip(*loader)
+        images, labels = torch.cat(xs), torch.cat(ys)
+        assert Counter(labels.tolist()) == {k: 4 for k in range(10)}
+        reference.set_epoch(epoch)
+        assert torch.allclose(images, reference.epoch_tensors()[0], atol=1e-6)
+        epochs.append(images)
+    assert ds.epoch == 1  # the main process sees the workers' progress
+    assert (pairwise_min_distance(epochs[1], epochs[0]) > 1e-3).all()
+
+
+def test_dataloader_workers_refuse_accelerator_generation(gen, monkeypatch):
     ds = SyntheticDataset(gen, 1, device="cpu", seed=0)
-    with pytest.warns(RuntimeWarning, match="num_workers=0"):
+    ds.device = torch.device("meta")  # stands for CUDA: no accelerator on the test machine
+    monkeypatch.setattr("synthsets.dataset.get_worker_info", lambda: type("W", (), {"id": 0})())
+    with pytest.raises(RuntimeError, match="num_workers=0"):
         ds[0]
 
 
