@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 
-import torch
 from torchvision.utils import save_image
 
 import synthsets

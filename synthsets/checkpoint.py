@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from .hub import WeightsError, atomic_write_bytes, load_safetensors

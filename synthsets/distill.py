@@ -19,7 +19,6 @@ epoch), ``log.jsonl`` (losses), ``stage1/`` (the generator after stage 1) and
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import math
