@@ -356,9 +356,8 @@ class Distiller:
         """Run epoch ``epoch`` (0-based over both stages); deterministic given the state."""
         cfg = self.cfg
         stage = 1 if epoch < cfg.stage1_epochs else 2
-        if epoch == cfg.stage1_epochs:  # entering stage 2: the paper's smaller learning rate
-            for group in self.opt_g.param_groups:
-                group["lr"] = cfg.stage2_lr
+        for group in self.opt_g.param_groups:  # stage 2 uses the paper's smaller learning rate
+            group["lr"] = cfg.lr if stage == 1 else cfg.stage2_lr
         torch.manual_seed(_mix_seed(cfg.seed, epoch, self.rank))
         matcher = opt_m = None
         pool_name = None
@@ -498,9 +497,6 @@ class Distiller:
         if self.is_main and self.epoch == 0:
             (self.out / "log.jsonl").unlink(missing_ok=True)
             (self.out / "distill_config.json").write_text(json.dumps(cfg.to_json(), indent=2) + "\n")
-        if self.epoch >= cfg.stage1_epochs:  # resumed inside stage 2
-            for group in self.opt_g.param_groups:
-                group["lr"] = cfg.stage2_lr
         if resume and 0 < self.epoch == cfg.stage1_epochs:  # resumed exactly at the stage boundary
             self._finish_stage1()
         started = time.time()
@@ -513,8 +509,6 @@ class Distiller:
                 if stage == 1:  # stage budget spent: move on to stage 2
                     self._finish_stage1()
                     self.epoch = cfg.stage1_epochs
-                    for group in self.opt_g.param_groups:
-                        group["lr"] = cfg.stage2_lr
                     if self.is_main:
                         self.save_checkpoint()
                     continue

@@ -217,23 +217,27 @@ class _Handler(BaseHTTPRequestHandler):
             self.state.create_repo(repo_id, private=payload.get("visibility") == "private")
         self._json(200, {"url": f"{self.base}/{repo_id}", "name": repo_id})
 
-    def _info(self, repo_id: str, revision: str) -> None:
+    def _resolved(self, repo_id: str, revision: str):
+        """``(repo, commit sha)``, or ``(repo, None)`` after answering the 404 error."""
         repo = self._repo(repo_id)
         if repo is None:
-            return
+            return None, None
         sha = repo.resolve(revision)
         if sha is None:
-            return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+            self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+        return repo, sha
+
+    def _info(self, repo_id: str, revision: str) -> None:
+        repo, sha = self._resolved(repo_id, revision)
+        if sha is None:
+            return
         siblings = [{"rfilename": p} for p in sorted(repo.commits[sha])]
         self._json(200, {"id": repo_id, "sha": sha, "private": repo.private, "siblings": siblings, "tags": []})
 
     def _preupload(self, repo_id: str, revision: str, payload: dict) -> None:
-        repo = self._repo(repo_id)
-        if repo is None:
-            return
-        sha = repo.resolve(revision)
+        repo, sha = self._resolved(repo_id, revision)
         if sha is None:
-            return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+            return
         snapshot = repo.commits[sha]
         files = []
         for item in payload.get("files", []):
