@@ -44,8 +44,13 @@ from .naive_distill import NaiveDistiller
 NUM_CLASSES = 10
 
 
+def _eager_distiller(config: DistillConfig, real: RealData) -> Distiller:
+    return Distiller(dataclasses.replace(config, cuda_graphs=False), real)
+
+
 VARIANTS: dict[str, Callable[[DistillConfig, RealData], Any]] = {
-    "library": Distiller,
+    "library": Distiller,  # CUDA: every step replayed as a CUDA graph
+    "library-eager": _eager_distiller,  # CUDA only: the same code without graphs
     "naive": NaiveDistiller,
 }
 
@@ -121,7 +126,7 @@ def check_equivalence(seed: int = 0) -> dict[str, Any]:
     )
     real = synthetic_real(64, 1, 28, seed)
     with torch.random.fork_rng(devices=[]):
-        trainers = {name: cls(config, real) for name, cls in VARIANTS.items()}
+        trainers = {name: VARIANTS[name](config, real) for name in ("library", "naive")}
         out: dict[str, Any] = {"lr": config.lr}
         records: dict[str, list[dict[str, Any]]] = {name: [] for name in trainers}
         for epoch in (0, 1):  # stage 1, then stage 2
@@ -152,6 +157,25 @@ def check_equivalence(seed: int = 0) -> dict[str, Any]:
     return out
 
 
+def check_graphs(device: torch.device, steps: int = 8, seed: int = 0) -> dict[str, Any]:
+    """CUDA: a stage-1 and a stage-2 epoch of the library with and without CUDA graphs from
+    the same seed (tiny sizes). Same kernels and random draws, so the logged losses agree
+    up to float noise (cuDNN may pick other algorithms in the two runs)."""
+    config = dataclasses.replace(make_config("tiny", str(device), steps, steps, seed), stage1_epochs=1)
+    real = synthetic_real(256, 1, 28, seed)
+    records = {}
+    for name in ("library", "library-eager"):
+        trainer = VARIANTS[name](config, real)
+        records[name] = [trainer.run_epoch(0), trainer.run_epoch(1)]
+    worst = 0.0
+    for graphed, eager in zip(records["library"], records["library-eager"]):
+        for key, value in eager.items():
+            if isinstance(value, float) and key != "seconds":
+                worst = max(worst, abs(graphed[key] - value) / max(abs(value), 1e-6))
+    captured = all(r.get("cuda_graph", False) for r in records["library"])
+    return {"captured": captured, "losses_max_rel": worst, "match": captured and worst < 1e-3}
+
+
 def build_parser():
     p = C.base_parser("distill_step", __doc__.splitlines()[0])
     p.add_argument("--preset", choices=("tiny", "cpu-small", "paper"),
@@ -167,14 +191,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     device = C.setup(args)
     cpu = device.type == "cpu"
     args.preset = args.preset or ("tiny" if args.tiny else "cpu-small" if cpu else "paper")
-    args.steps1 = args.steps1 or (2 if args.tiny else 3 if cpu else 20)
-    args.steps2 = args.steps2 or (1 if args.tiny else 2 if cpu else 5)
-    args.repeats = args.repeats or (1 if args.tiny else 5 if cpu else 5)
+    args.steps1 = args.steps1 or (2 if args.tiny else 3 if cpu else 40)
+    args.steps2 = args.steps2 or (1 if args.tiny else 2 if cpu else 12)
+    args.repeats = args.repeats or (1 if args.tiny else 5 if cpu else 4)
     if "library" not in args.variants:
         args.variants.insert(0, "library")
+    if cpu and "library-eager" in args.variants:  # the same as "library" without CUDA
+        args.variants.remove("library-eager")
 
     equivalence = check_equivalence(args.seed)
     print(f"same losses/gradients/weights after one step from the same seed (CPU): {equivalence['match']}")
+    if not cpu:
+        equivalence["cuda_graphs"] = check_graphs(device, seed=args.seed)
+        print(f"CUDA graphs vs eager, same seed: {equivalence['cuda_graphs']}")
 
     config = make_config(args.preset, str(device), args.steps1, args.steps2, args.seed)
     n = max(2048, 2 * config.batch_size * args.steps1)
@@ -213,6 +242,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             row.update(C.maybe_memory(args, not args.tiny or (stage == 1 and name == "library"), mem_epoch,
                                       variant=name, stage=stage, preset=args.preset, steps1=args.steps1,
                                       steps2=args.steps2, n=n))
+            if name == "library" and not cpu:
+                row["cuda_graph"] = trainers[name].graph_failure is None
             rows.append(row)
     cfg = config
     C.print_table(

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from . import card
 from .augment import DSA
 from .checkpoint import load_checkpoint, optimizer_state, save_checkpoint
+from .cuda_graphs import GraphedStep
 from .data import RealData, load_real
 from .dataset import _mix_seed
 from .discriminator import Discriminator, gradient_penalty
@@ -109,6 +110,8 @@ class DistillConfig:
     inner_momentum: float = 0.9
     inner_weight_decay: float = 5e-4
     siamese: bool = True
+    # speed: on a single CUDA device, replay each training step as one CUDA graph
+    cuda_graphs: bool = True
     # run control
     seed: int = 0
     device: str | None = None
@@ -180,6 +183,21 @@ def _setup_distributed(device: str | None) -> tuple[torch.device, int, int, bool
     return dev, rank, world, started
 
 
+def _set_capturable(optimizer: torch.optim.Optimizer, capturable: bool) -> None:
+    """Switch an Adam optimiser (after ``load_state_dict``) to or from capturable mode:
+    capturable Adam keeps its step counters on the parameters' device."""
+    for group in optimizer.param_groups:
+        group["capturable"] = capturable
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            if "step" in state:
+                device = p.device if capturable else torch.device("cpu")
+                state["step"] = state["step"].to(device)
+
+
+GRAPH_WARMUP_STEPS = 3  # eager steps per epoch before the step is captured as a CUDA graph
+
+
 # -- the trainer -------------------------------------------------------------------------
 class Distiller:
     """Runs stage 1 and stage 2 with checkpoints, logs, sample grids and a model card."""
@@ -230,8 +248,14 @@ class Distiller:
         )
         self.G = Generator(gen_config).to(self.device)
         self.D = Discriminator(self.num_classes, real.channels, real.image_size, config.disc_width).to(self.device)
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=config.lr, betas=tuple(config.betas))
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=config.lr, betas=tuple(config.betas))
+        # CUDA graphs need the optimisers' step counters on the device (capturable Adam)
+        self.use_cuda_graphs = config.cuda_graphs and self.device.type == "cuda" and self.world == 1
+        extra = {"capturable": True} if self.use_cuda_graphs else {}
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=config.lr, betas=tuple(config.betas), **extra)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=config.lr, betas=tuple(config.betas), **extra)
+        for opt in (self.opt_g, self.opt_d):  # the eager warm-up steps of every epoch are expected
+            opt._warned_capturable_if_run_uncaptured = True
+        self.graph_failure: str | None = None
         self.G_train: nn.Module = self.G
         if self.world > 1:
             self.G_train = nn.parallel.DistributedDataParallel(
@@ -273,7 +297,20 @@ class Distiller:
         order = torch.cat([torch.randperm(n, device=self.device) for _ in range(math.ceil(steps * b / n))])
         return list(order[: steps * b].view(steps, b))
 
-    # -- one GAN step (both stages) ---------------------------------------------------
+    # -- one training step (both stages) ------------------------------------------------
+    def _train_step(self, idx: Tensor, matcher: nn.Module | None, opt_m: torch.optim.Optimizer | None) -> dict[str, Tensor]:
+        """One generator step with everything around it, on the real batch ``idx``.
+
+        It never synchronises with the host, so on CUDA it can be captured as a graph."""
+        real, labels = self.to_gan(self.train_x[idx]), self.train_y[idx]
+        z = self.G.make_noise(labels)
+        stats = self._discriminator_step(real, labels, z)
+        if matcher is not None:
+            assert opt_m is not None
+            stats["pool_ce"] = self._train_pool_model(matcher, opt_m, self.cfg.inner_steps)
+        stats.update(self._generator_step(real, labels, z, matcher))
+        return stats
+
     def _discriminator_step(self, real: Tensor, labels: Tensor, z: Tensor) -> dict[str, Tensor]:
         with torch.no_grad():
             fake = self.G_train(z)
@@ -373,13 +410,14 @@ class Distiller:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=steps, desc=f"stage {stage} epoch {epoch + 1}/{self.total_epochs}", leave=False, mininterval=0.5)
+        # a new graph every epoch: the learning rate and the pool model are baked into it
+        train_step = GraphedStep(
+            lambda idx: self._train_step(idx, matcher, opt_m),
+            warmup=GRAPH_WARMUP_STEPS,
+            enabled=self.use_cuda_graphs and self.graph_failure is None and steps > GRAPH_WARMUP_STEPS,
+        )
         for step, idx in enumerate(self._batches(steps)):
-            real, labels = self.to_gan(self.train_x[idx]), self.train_y[idx]
-            z = self.G.make_noise(labels)
-            stats = self._discriminator_step(real, labels, z)
-            if matcher is not None:
-                stats["pool_ce"] = self._train_pool_model(matcher, opt_m, cfg.inner_steps)
-            stats.update(self._generator_step(real, labels, z, matcher))
+            stats = train_step(idx)
             for k, v in stats.items():
                 totals[k] = totals[k] + v if k in totals else v.double()
             if bar is not None:
@@ -388,6 +426,8 @@ class Distiller:
                     bar.set_postfix({k: f"{float(v):.3f}" for k, v in stats.items()})
         if bar is not None:
             bar.close()
+        if train_step.failure is not None:
+            self.graph_failure = train_step.failure  # do not try again in later epochs
         keys = sorted(totals)  # one host sync per epoch
         values = torch.stack([totals[k] for k in keys])
         if self.world > 1:  # log the mean over ranks
@@ -398,6 +438,8 @@ class Distiller:
         record.update({k: v / steps for k, v in totals.items()})
         if pool_name:
             record["pool_model"] = pool_name
+        if self.use_cuda_graphs:
+            record["cuda_graph"] = train_step.captured
         return record
 
     # -- outputs -----------------------------------------------------------------------
@@ -442,6 +484,8 @@ class Distiller:
         self.D.load_state_dict(parts["discriminator"])
         self.opt_g.load_state_dict(optimizer_state(parts["opt_g"]))
         self.opt_d.load_state_dict(optimizer_state(parts["opt_d"]))
+        for opt in (self.opt_g, self.opt_d):  # the checkpoint may come from a run on another device
+            _set_capturable(opt, self.use_cuda_graphs)
         self.epoch = int(meta["epoch"])
 
     def save_generator(self, folder: Path, card_text: str | None = None) -> None:
@@ -629,6 +673,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--samples-per-class", type=int, default=d.samples_per_class)
     a("--resume", action="store_true", help="continue from OUT/checkpoints/last.safetensors")
     a("--push-to-hub", metavar="REPO_ID", help="upload the output folder to this Hub repo at the end")
+    a("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
+      help="run every step eagerly on CUDA (default: replay each step as a CUDA graph)")
     a("--no-progress", dest="progress", action="store_false")
     return p
 
