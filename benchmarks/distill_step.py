@@ -160,20 +160,27 @@ def check_equivalence(seed: int = 0) -> dict[str, Any]:
 def check_graphs(device: torch.device, steps: int = 8, seed: int = 0) -> dict[str, Any]:
     """CUDA: a stage-1 and a stage-2 epoch of the library with and without CUDA graphs from
     the same seed (tiny sizes). Same kernels and random draws, so the logged losses agree
-    up to float noise (cuDNN may pick other algorithms in the two runs)."""
+    up to float noise. Plain fp32 convolutions with fixed algorithms are used for this
+    check: with TF32 and timing-based algorithm choice, rounding differs by about 1e-3."""
     config = dataclasses.replace(make_config("tiny", str(device), steps, steps, seed), stage1_epochs=1)
     real = synthetic_real(256, 1, 28, seed)
     records = {}
-    for name in ("library", "library-eager"):
-        trainer = VARIANTS[name](config, real)
-        records[name] = [trainer.run_epoch(0), trainer.run_epoch(1)]
+    cudnn = torch.backends.cudnn
+    saved = (cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32)
+    try:
+        for name in ("library", "library-eager"):
+            trainer = VARIANTS[name](config, real)
+            cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32 = False, True, False
+            records[name] = [trainer.run_epoch(0), trainer.run_epoch(1)]
+    finally:
+        cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32 = saved
     worst = 0.0
     for graphed, eager in zip(records["library"], records["library-eager"]):
         for key, value in eager.items():
             if isinstance(value, float) and key != "seconds":
                 worst = max(worst, abs(graphed[key] - value) / max(abs(value), 1e-6))
     captured = all(r.get("cuda_graph", False) for r in records["library"])
-    return {"captured": captured, "losses_max_rel": worst, "match": captured and worst < 1e-3}
+    return {"captured": captured, "losses_max_rel": worst, "match": captured and worst < 1e-4}
 
 
 def build_parser():

@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from synthsets import DSA, SyntheticDataset, create_model
+from synthsets.dataset import _usable_cpus
 
 from . import _common as C
 
@@ -69,12 +70,14 @@ def build_epoch(
     seed: int = 0,
     gen_batch: int | None = None,
     contiguous: bool = False,
+    prefetch: bool | None = None,
 ):
     """One training epoch of ``model`` on INPC x 10 images: ``kind`` is ``preloaded``,
     ``preloaded+dsa`` or ``synthetic`` (SyntheticDataset.loader with DSA; ``gen_batch``
     is its generation batch size, default the library's; ``contiguous`` puts the
     generator back in the standard memory layout after SyntheticDataset converted it to
-    channels_last, as it does on CPU). The returned callable carries the generation
+    channels_last, as it does on CPU; ``prefetch`` is the loader's, default the
+    library's: on CPU the next epoch is generated in a background thread). The returned callable carries the generation
     batch size actually used as ``gen_batch``."""
     device = torch.device(device)
     torch.manual_seed(seed)
@@ -86,13 +89,18 @@ def build_epoch(
         dataset = SyntheticDataset(C.make_generator(width), inpc, augment="dsa", device=device, seed=seed, **extra)
         if contiguous:
             dataset.generator = dataset.generator.to(memory_format=torch.contiguous_format)
-        loader = dataset.loader(batch_size=batch)
+        loader = dataset.loader(batch_size=batch, prefetch=prefetch)
 
         def run() -> None:
             for x, y in loader:
                 step(x, y)
+            # with prefetch, the next epoch is being generated: wait for it, so that this
+            # call is one steady-state epoch and no work spills into the next variant's time
+            if dataset._prefetched is not None:
+                dataset._prefetched.result()
 
         run.gen_batch = dataset.batch_size  # type: ignore[attr-defined]
+        run.prefetch = loader.prefetch  # type: ignore[attr-defined]
         return run
     images = torch.randn(n, 3, 32, 32, device=device)
     labels = torch.arange(n, device=device) % NUM_CLASSES
@@ -200,11 +208,17 @@ def loader_overhead(args, device: torch.device) -> list[dict[str, Any]]:
         spec[kind] = dict(kind=kind, width=0, **common)
     for width in args.widths:
         spec[f"synthetic w{width}"] = dict(kind="synthetic", width=width, **common)
+    if device.type == "cpu":  # the other side of the library's CPU prefetch default
+        other = not (torch.get_num_threads() < _usable_cpus())
+        for width in args.widths:
+            label = "prefetch" if other else "no prefetch"
+            spec[f"synthetic w{width} {label}"] = dict(kind="synthetic", width=width, prefetch=other, **common)
     if args.gen_batch_alt:  # the narrowest generator again, with another generation batch
         width = min(args.widths)
         layout = " contiguous" if device.type == "cpu" else ""
         spec[f"synthetic w{width} gen-batch {args.gen_batch_alt}{layout}"] = dict(
-            kind="synthetic", width=width, gen_batch=args.gen_batch_alt, contiguous=device.type == "cpu", **common
+            kind="synthetic", width=width, gen_batch=args.gen_batch_alt, contiguous=device.type == "cpu",
+            prefetch=False, **common
         )
     for name, kw in spec.items():
         variants[name] = build_epoch(str(device), **kw)
@@ -226,6 +240,7 @@ def loader_overhead(args, device: torch.device) -> list[dict[str, Any]]:
             "overhead_vs_dsa_pct": round((C.ratio(t, times["preloaded+dsa"]) - 1) * 100, 1),
         }
         row["gen_batch"] = getattr(variants[name], "gen_batch", None)
+        row["prefetch"] = getattr(variants[name], "prefetch", None)
         row.update(C.maybe_memory(args, not args.tiny or i == 2, mem_epoch, **kw))
         rows.append(row)
     return rows
@@ -286,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         C.print_table(
             f"{args.overhead_model} epoch: synthetic loader vs pre-loaded tensors "
             f"(INPC {args.overhead_inpc} x 10 classes, batch {args.batch}, {device})", rows, [
-                ("variant", "data", ""), ("gen_batch", "generation batch", ""), ("ms_per_epoch", "ms / epoch", ".0f"), ("images_per_s", "images/s", ".0f"),
+                ("variant", "data", ""), ("gen_batch", "generation batch", ""), ("prefetch", "prefetch", ""), ("ms_per_epoch", "ms / epoch", ".0f"), ("images_per_s", "images/s", ".0f"),
                 ("overhead_pct", "overhead % vs pre-loaded", "+.1f"), ("overhead_vs_dsa_pct", "% vs pre-loaded+DSA", "+.1f"),
                 ("peak_mb", "peak MB", ".0f"),
             ])

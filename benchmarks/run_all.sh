@@ -6,6 +6,7 @@
 #
 # DEVICE defaults to cuda; BUDGET_SECONDS (default 540) caps the whole run: each script
 # gets its own limit, cut to what is left. On CUDA the CUDA-only tests run first.
+# ONLY="distill_step loader" runs just those steps (names as in the log).
 set -u
 OUTDIR=${1:?usage: run_all.sh OUTDIR [DEVICE] [BUDGET_SECONDS] [--tiny]}
 DEVICE=${2:-cuda}
@@ -21,6 +22,7 @@ left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
 
 step() {  # step NAME LIMIT_SECONDS COMMAND...
   local name=$1 limit=$2; shift 2
+  if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then return; fi
   local remaining; remaining=$(left)
   if [ "$remaining" -lt 15 ]; then
     echo "== $name: skipped, $remaining s left" | tee -a "$LOG"
@@ -39,7 +41,7 @@ step() {  # step NAME LIMIT_SECONDS COMMAND...
 } 2>&1 | tee -a "$LOG"
 
 if [ "${DEVICE%%:*}" = cuda ]; then
-  step cuda-tests 90 $PY -m pytest -q -p no:cacheprovider tests/test_cuda_graphs.py tests/test_augment.py -k "cuda or graph"
+  step cuda-tests 90 $PY -m pytest -q -p no:cacheprovider tests/test_cuda_graphs.py tests/test_augment.py tests/test_dataset.py -k "cuda or graph"
 fi
 step distill_step 200 $PY -m benchmarks.distill_step --device "$DEVICE" --json "$OUTDIR/distill_step.json" $TINY
 step generation 130 $PY -m benchmarks.generation --device "$DEVICE" --json "$OUTDIR/generation.json" $TINY

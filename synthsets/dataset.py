@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import math
 import operator
+import os
+import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -43,6 +45,14 @@ def _dist_rank_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
+
+
+def _usable_cpus() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _mix_seed(*parts: int) -> int:
@@ -173,6 +183,12 @@ class SyntheticDataset(Dataset):
         self._base_epoch = 0
         self._active_epoch = 0  # the epoch whose images are cached / being generated
         self._cache: dict[int, Tensor] = {}
+        self._prefetched: _EpochPrefetch | None = None  # an epoch generated in the background
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_prefetched"] = None  # a thread cannot be pickled (DataLoader workers with spawn)
+        return state
 
     # -- torchvision-style attributes --------------------------------------------------
     @property
@@ -236,48 +252,95 @@ class SyntheticDataset(Dataset):
             self._cache.clear()
             self._active_epoch = epoch
 
-    def _rng(self, *parts: int) -> torch.Generator:
+    def _rng(self, *parts: int, epoch: int | None = None) -> torch.Generator:
         rng = torch.Generator(device=self.device)
-        rng.manual_seed(_mix_seed(self.seed, self._active_epoch, *parts))
+        rng.manual_seed(_mix_seed(self.seed, self._active_epoch if epoch is None else epoch, *parts))
         return rng
 
     # -- generation --------------------------------------------------------------------
+    # Images depend only on (seed, epoch, chunk): an epoch generated ahead in the
+    # background is the same as one generated on demand.
     @torch.no_grad()
-    def _render(self, noise: Tensor, chunk_id: int) -> Tensor:
+    def _render(self, noise: Tensor, chunk_id: int, epoch: int) -> Tensor:
         images = self.generator(noise).contiguous()  # standard layout for users
         images = (images.float() + 1) / 2
         if self.normalize:
             images = (images - self.mean) / self.std
         if self.augment is not None:
             if isinstance(self.augment, DSA):
-                images = self.augment(images, generator=self._rng(1, self.rank, chunk_id))
+                images = self.augment(images, generator=self._rng(1, self.rank, chunk_id, epoch=epoch))
             else:
                 images = self.augment(images)
         return images
 
-    def _epoch_noise(self) -> Tensor:
+    def _epoch_noise(self, epoch: int) -> Tensor:
         """Label-coded noise for the whole (global) epoch, identical on every rank."""
         noise = torch.randn(
-            len(self._global_labels), self.generator.noise_dim, device=self.device, generator=self._rng(0)
+            len(self._global_labels), self.generator.noise_dim, device=self.device, generator=self._rng(0, epoch=epoch)
         )
         return self.generator.make_noise(self._global_labels, noise=noise)
+
+    @property
+    def _num_chunks(self) -> int:
+        return math.ceil(len(self) / self.batch_size)
+
+    def _render_chunk(self, noise: Tensor, chunk_id: int, epoch: int) -> Tensor:
+        start = chunk_id * self.batch_size
+        local = self._indices[start : start + self.batch_size].to(self.device)
+        return self._render(noise[local], chunk_id, epoch)
 
     def _chunk(self, chunk_id: int) -> Tensor:
         images = self._cache.get(chunk_id)
         if images is None:
             if getattr(self, "_noise_epoch", None) != self._active_epoch:
-                self._noise = self._epoch_noise()
+                self._noise = self._epoch_noise(self._active_epoch)
                 self._noise_epoch = self._active_epoch
-            start = chunk_id * self.batch_size
-            local = self._indices[start : start + self.batch_size].to(self.device)
-            images = self._render(self._noise[local], chunk_id)
+            images = self._render_chunk(self._noise, chunk_id, self._active_epoch)
             self._cache[chunk_id] = images
         return images
+
+    def _generate_epoch(self, epoch: int, cancel: threading.Event | None = None) -> list[Tensor] | None:
+        """Every chunk of ``epoch`` (None if ``cancel`` was set first); touches no cache."""
+        noise = self._epoch_noise(epoch)
+        chunks = []
+        for chunk_id in range(self._num_chunks):
+            if cancel is not None and cancel.is_set():
+                return None
+            chunks.append(self._render_chunk(noise, chunk_id, epoch))
+        return chunks
+
+    def prefetch(self, epoch: int) -> None:
+        """Start generating ``epoch`` in a background thread; :meth:`epoch_tensors` takes it
+        from there when that epoch comes. Generation releases the GIL, so on a CPU it
+        overlaps with a training step (``SyntheticDataset.loader`` does this by default
+        on CPU). The images are the same as without prefetching."""
+        pending = self._prefetched
+        if pending is not None and pending.epoch == epoch:
+            return
+        if pending is not None:
+            pending.cancel()
+        self._prefetched = _EpochPrefetch(self, epoch)
+
+    def _take_prefetched(self, epoch: int) -> bool:
+        """Fill the cache from a finished background epoch, if it is ``epoch``."""
+        pending, self._prefetched = self._prefetched, None
+        if pending is None:
+            return False
+        if pending.epoch != epoch or self._cache:
+            pending.cancel()
+            return False
+        chunks = pending.result()
+        if chunks is None:
+            return False
+        self._cache = dict(enumerate(chunks))
+        return True
 
     def epoch_tensors(self) -> tuple[Tensor, Tensor]:
         """All images and labels of the current epoch (for this rank), on the device."""
         self._activate(self.epoch)
-        chunks = [self._chunk(i) for i in range(math.ceil(len(self) / self.batch_size))]
+        if self._prefetched is not None:
+            self._take_prefetched(self._active_epoch)
+        chunks = [self._chunk(i) for i in range(self._num_chunks)]
         labels = self._global_labels[self._indices].to(self.device)
         return torch.cat(chunks), labels
 
@@ -312,9 +375,26 @@ class SyntheticDataset(Dataset):
         return image, target
 
     # -- fast path ---------------------------------------------------------------------
-    def loader(self, batch_size: int = 128, shuffle: bool = True, drop_last: bool = False) -> "SyntheticLoader":
-        """Iterate whole device batches, one fresh epoch per pass (the fast path)."""
-        return SyntheticLoader(self, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last)
+    def loader(
+        self, batch_size: int = 128, shuffle: bool = True, drop_last: bool = False, prefetch: bool | None = None
+    ) -> "SyntheticLoader":
+        """Iterate whole device batches, one fresh epoch per pass (the fast path).
+
+        ``prefetch`` generates the next epoch in a background thread while this one is
+        trained on. The default turns it on where it pays: on CPU when torch uses fewer
+        intra-op threads than there are cores (``torch.set_num_threads``), so that a core
+        is free to generate on; with every core already training, overlapping only adds
+        contention. It stays off when ``augment`` is a custom callable, which might draw
+        from torch's global RNG and so race with the training loop.
+        """
+        return SyntheticLoader(self, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, prefetch=prefetch)
+
+    def _default_prefetch(self) -> bool:
+        return (
+            self.device.type == "cpu"
+            and (self.augment is None or isinstance(self.augment, DSA))
+            and torch.get_num_threads() < _usable_cpus()
+        )
 
     def materialize(self, ipc: int | None = None, path: str | Path | None = None, fmt: str | None = None):
         """Generate a fixed synthetic set; see :func:`synthsets.export.materialize`."""
@@ -330,13 +410,21 @@ class SyntheticLoader:
     collation: a whole epoch is generated in large batches, then sliced.
     """
 
-    def __init__(self, dataset: SyntheticDataset, batch_size: int = 128, shuffle: bool = True, drop_last: bool = False):
+    def __init__(
+        self,
+        dataset: SyntheticDataset,
+        batch_size: int = 128,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        prefetch: bool | None = None,
+    ):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         self.dataset = dataset
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.drop_last = drop_last
+        self.prefetch = dataset._default_prefetch() if prefetch is None else bool(prefetch)
         self._started = False
 
     def __len__(self) -> int:
@@ -350,6 +438,8 @@ class SyntheticLoader:
         self._started = True
         ds._mark_consumed()  # this pass consumes the epoch
         images, labels = ds.epoch_tensors()
+        if self.prefetch:  # the next pass's epoch, generated while this one is trained on
+            ds.prefetch(ds.epoch + 1)
         if self.shuffle:
             order = torch.randperm(len(labels), device=ds.device, generator=ds._rng(2, ds.rank))
             images, labels = images[order], labels[order]
@@ -360,3 +450,33 @@ class SyntheticLoader:
             if ds.target_transform is not None:
                 y = torch.as_tensor([ds.target_transform(int(t)) for t in y], device=ds.device)
             yield x, y
+
+
+class _EpochPrefetch:
+    """One epoch of a :class:`SyntheticDataset`, generated in a daemon thread."""
+
+    def __init__(self, dataset: SyntheticDataset, epoch: int) -> None:
+        self.epoch = epoch
+        self._cancel = threading.Event()
+        self._chunks: list[Tensor] | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._run, args=(dataset,), name=f"synthsets-prefetch-epoch-{epoch}", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, dataset: SyntheticDataset) -> None:
+        try:
+            self._chunks = dataset._generate_epoch(self.epoch, self._cancel)
+        except BaseException as err:  # noqa: BLE001 - re-raised in the reading thread
+            self._error = err
+
+    def cancel(self) -> None:
+        """Stop at the next chunk boundary (the result is dropped)."""
+        self._cancel.set()
+
+    def result(self) -> list[Tensor] | None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._chunks

@@ -216,6 +216,8 @@ def generator_batches(
     def batches(epoch: int) -> list[tuple[Tensor, Tensor]]:
         dataset.set_epoch(epoch)
         images, labels = dataset.epoch_tensors()
+        if dataset._default_prefetch():  # CPU with a free core: generate the next epoch meanwhile
+            dataset.prefetch(epoch + 1)
         order = torch.randperm(len(labels), device=dev, generator=_rng(dev, seed, epoch, 11))[:n_images]
         images = (images[order] - mean_t) / std_t
         return _split_batches(images, labels[order], batch_size)

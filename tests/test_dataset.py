@@ -271,6 +271,104 @@ def test_fast_loader_options(gen):
         ds.loader(batch_size=0)
 
 
+def loader_epochs(ds: SyntheticDataset, n: int, **kwargs) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    loader = ds.loader(batch_size=16, **kwargs)
+    out = []
+    for _ in range(n):
+        batches = list(loader)
+        out.append((torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])))
+    return out
+
+
+def test_prefetch_default_needs_a_free_core_and_no_custom_augment(gen, monkeypatch):
+    import synthsets.dataset as dataset_module
+
+    monkeypatch.setattr(dataset_module, "_usable_cpus", lambda: torch.get_num_threads() + 1)
+    assert SyntheticDataset(gen, 1, device="cpu").loader().prefetch is True
+    assert SyntheticDataset(gen, 1, device="cpu", augment=None).loader().prefetch is True
+    custom = SyntheticDataset(gen, 1, device="cpu", augment=lambda x: x)
+    assert custom.loader().prefetch is False
+    assert custom.loader(prefetch=True).prefetch is True
+    # every core already trains: no background generation unless asked for
+    monkeypatch.setattr(dataset_module, "_usable_cpus", lambda: torch.get_num_threads())
+    assert SyntheticDataset(gen, 1, device="cpu").loader().prefetch is False
+    assert SyntheticDataset(gen, 1, device="cpu").loader(prefetch=True).prefetch is True
+
+
+@pytest.mark.parametrize("augment", ["dsa", None])
+def test_prefetched_epochs_equal_epochs_generated_on_demand(gen, augment):
+    with_prefetch = loader_epochs(SyntheticDataset(gen, 5, device="cpu", seed=3, augment=augment), 3, prefetch=True)
+    without = loader_epochs(SyntheticDataset(gen, 5, device="cpu", seed=3, augment=augment), 3, prefetch=False)
+    for (xa, ya), (xb, yb) in zip(with_prefetch, without):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert not torch.equal(with_prefetch[0][0], with_prefetch[1][0])  # still fresh epochs
+
+
+def test_prefetch_generates_the_next_epoch_in_a_background_thread(gen, monkeypatch):
+    import threading
+
+    ds = SyntheticDataset(gen, 5, device="cpu", seed=3)
+    threads = []
+    original = SyntheticDataset._render
+
+    def spy(self, noise, chunk_id, epoch):
+        threads.append((epoch, threading.current_thread().name))
+        return original(self, noise, chunk_id, epoch)
+
+    monkeypatch.setattr(SyntheticDataset, "_render", spy)
+    loader = ds.loader(batch_size=16, prefetch=True)
+    list(loader)
+    ds._prefetched.result()  # let the background epoch finish
+    list(loader)
+    ds._prefetched.result()
+    main = threading.current_thread().name
+    assert {t for e, t in threads if e == 0} == {main}  # the first epoch: on demand
+    assert {t for e, t in threads if e == 1} == {"synthsets-prefetch-epoch-1"}  # then ahead of time
+    assert {t for e, t in threads if e == 2} == {"synthsets-prefetch-epoch-2"}
+    assert len([1 for e, _ in threads if e == 1]) == ds._num_chunks  # each chunk generated once
+
+
+def test_set_epoch_elsewhere_discards_the_prefetched_epoch(gen):
+    ds = SyntheticDataset(gen, 5, device="cpu", seed=3)
+    loader = ds.loader(batch_size=16, shuffle=False, prefetch=True)
+    list(loader)  # epoch 0; epoch 1 is prefetched
+    ds.set_epoch(5)
+    images, _ = ds.epoch_tensors()
+    twin = SyntheticDataset(gen, 5, device="cpu", seed=3)
+    twin.set_epoch(5)
+    assert torch.equal(images, twin.epoch_tensors()[0])
+    assert ds._prefetched is None
+
+
+def test_prefetch_errors_reach_the_training_loop(gen, monkeypatch):
+    ds = SyntheticDataset(gen, 5, device="cpu", seed=3)
+    loader = ds.loader(batch_size=16, prefetch=True)
+    list(loader)
+    ds._prefetched.result()
+
+    def broken(self, epoch, cancel=None):
+        raise RuntimeError("generator exploded")
+
+    monkeypatch.setattr(SyntheticDataset, "_generate_epoch", broken)
+    ds.prefetch(7)
+    ds.set_epoch(7)
+    with pytest.raises(RuntimeError, match="generator exploded"):
+        ds.epoch_tensors()
+
+
+def test_dataset_with_pending_prefetch_pickles(gen):
+    import pickle
+
+    ds = SyntheticDataset(gen, 5, device="cpu", seed=3)
+    list(ds.loader(batch_size=16, prefetch=True))
+    copy = pickle.loads(pickle.dumps(ds))
+    assert copy._prefetched is None
+    copy.set_epoch(1)
+    ds._prefetched.result()
+    ds.set_epoch(1)
+    assert torch.equal(copy.epoch_tensors()[0], ds.epoch_tensors()[0])
+
+
 def test_fast_loader_after_item_access_starts_a_new_epoch(gen):
     ds = SyntheticDataset(gen, 1, device="cpu", seed=0)
     ds[0]
