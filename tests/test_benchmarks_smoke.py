@@ -65,7 +65,11 @@ def test_generation(tmp_path, capsys, one_thread):
     _positive(data["throughput"], "ms_per_batch", "images_per_s", "speedup_vs_fp32")
     _positive(data["fraction"], "gen_ms", "train_ms", "gen_train_ms", "gen_fraction")
     _positive(data["loader_overhead"], "ms_per_epoch", "images_per_s")
-    assert {r["variant"] for r in data["loader_overhead"]} == {"preloaded", "preloaded+dsa", "synthetic w8"}
+    variants = {r["variant"] for r in data["loader_overhead"]}
+    # on CPU, also the other side of the prefetch default
+    assert variants - {"synthetic w8 prefetch", "synthetic w8 no prefetch"} == {"preloaded", "preloaded+dsa", "synthetic w8"}
+    assert len(variants) == 4
+    assert {r["prefetch"] for r in data["loader_overhead"] if r["variant"].startswith("synthetic")} == {True, False}
     assert all("overhead_pct" in r for r in data["loader_overhead"])
     _memory(data["throughput"] + data["loader_overhead"])
 
