@@ -82,6 +82,7 @@ class GraphedStep:
             self.enabled = False
             self.failure = f"{type(err).__name__}: {err}"
             torch.cuda.synchronize()
+            _repair_cuda_rng()
             warnings.warn(
                 f"CUDA graph capture of the training step failed ({self.failure}); "
                 "running eagerly (pass --no-cuda-graphs to skip the attempt)",
@@ -91,3 +92,22 @@ class GraphedStep:
             return False
         self.graph, self._outputs = graph, outputs
         return True
+
+
+def _repair_cuda_rng() -> None:
+    """After a failed capture, give the default CUDA generator a fresh state object.
+
+    A capture marks the generator's state as capturing and only an ending capture clears
+    the mark; when the capture fails, the mark stays and every later random draw on the
+    device fails ("Offset increment outside graph capture"). A cloned state has the same
+    seed and offset, without the mark.
+    """
+    generator = torch.cuda.default_generators[torch.cuda.current_device()]
+    generator.graphsafe_set_state(generator.clone_state())
+    try:
+        torch.rand(1, device="cuda")
+    except RuntimeError as err:
+        raise RuntimeError(
+            "a failed CUDA graph capture left the CUDA random number generator unusable; "
+            "rerun with --no-cuda-graphs (cuda_graphs=False)"
+        ) from err
