@@ -140,9 +140,10 @@ def test_distiller_steps_are_captured_and_match_eager(tmp_path, exact_fp32):
     for eager, graphed in zip(records[False], records[True]):
         for key, value in eager.items():
             if isinstance(value, float) and key != "seconds":
-                # measured: 1.2e-4 at most (the gradient penalty, a squared small quantity);
-                # with TF32 convolutions and timed algorithm choice it is about 1e-2
-                assert graphed[key] == pytest.approx(value, rel=1e-3, abs=1e-6), key
+                # float noise, grown over a few Adam steps: measured up to 1.4e-4 absolute
+                # (the Wasserstein estimate, a difference of two means near 0, so its
+                # relative error means little); a replay bug shows as 1e-2 or more
+                assert graphed[key] == pytest.approx(value, rel=1e-3, abs=1e-3), key
 
 
 @needs_cuda
