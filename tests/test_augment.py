@@ -398,3 +398,32 @@ def test_cuda_generator_and_device() -> None:
     assert m.device == x.device and yb.device == x.device and 0 <= lam <= 1
     with pytest.raises(ValueError, match="generator"):
         dsa(x, generator=gen(0, "cpu"))
+
+
+def test_cpu_grid_matches_torch_affine_grid() -> None:
+    import torch.nn.functional as F
+
+    from synthsets.augment import _affine_grid
+
+    theta = torch.randn(7, 2, 3)
+    for h, w in ((32, 32), (28, 28), (16, 24)):
+        ours = _affine_grid(theta, h, w)
+        ref = F.affine_grid(theta, [7, 1, h, w], align_corners=False)
+        assert ours.shape == ref.shape
+        torch.testing.assert_close(ours, ref, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("siamese", [False, True])
+def test_cpu_chunks_give_the_same_images_and_gradients(siamese: bool, monkeypatch) -> None:
+    import synthsets.augment as augment
+
+    x = torch.randn(150, 3, 16, 16, requires_grad=True)  # 64 + 64 + 22 images
+    outputs = {}
+    for chunk in (10**9, 64):
+        monkeypatch.setattr(augment, "CPU_CHUNK", chunk)
+        x.grad = None
+        out = DSA()(x, generator=torch.Generator().manual_seed(4), siamese=siamese)
+        (out * torch.linspace(0, 1, out.numel()).view_as(out)).sum().backward()
+        outputs[chunk] = (out.detach(), x.grad.clone())
+    torch.testing.assert_close(outputs[64][0], outputs[10**9][0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(outputs[64][1], outputs[10**9][1], rtol=0, atol=1e-6)
