@@ -4,7 +4,9 @@ For INPC 50 and 500 (10 classes, 32x32 RGB, DSA on, batch 128, shuffled):
 
 * ``DataLoader``: ``torch.utils.data.DataLoader(dataset, batch_size=128, shuffle=True)``
   (``num_workers=0``, per-item ``__getitem__`` and default collate);
-* ``loader()``: ``dataset.loader(batch_size=128)`` (whole device batches, no collate).
+* ``loader()``: ``dataset.loader(batch_size=128, prefetch=False)`` (whole device batches,
+  no collate; without background generation, which would overlap nothing here and would
+  run into the other path's timing).
 
 A timed pass is a full epoch, generation included (each pass is a new epoch with new
 images). The per-item cost of the DataLoader path is also measured alone, on an epoch
@@ -38,7 +40,7 @@ def build_epoch(device: str, path: str, width: int, inpc: int, batch: int, seed:
     if path == "dataloader":
         iterable = DataLoader(dataset, batch_size=batch, shuffle=True)
     elif path == "loader":
-        iterable = dataset.loader(batch_size=batch)
+        iterable = dataset.loader(batch_size=batch, prefetch=False)
     else:
         raise ValueError(path)
 
