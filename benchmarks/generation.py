@@ -71,13 +71,15 @@ def build_epoch(
     gen_batch: int | None = None,
     contiguous: bool = False,
     prefetch: bool | None = None,
+    generation_dtype: str | None = None,
 ):
     """One training epoch of ``model`` on INPC x 10 images: ``kind`` is ``preloaded``,
     ``preloaded+dsa`` or ``synthetic`` (SyntheticDataset.loader with DSA; ``gen_batch``
     is its generation batch size, default the library's; ``contiguous`` puts the
     generator back in the standard memory layout after SyntheticDataset converted it to
     channels_last, as it does on CPU; ``prefetch`` is the loader's, default the
-    library's: on CPU the next epoch is generated in a background thread). The returned callable carries the generation
+    library's: on CPU the next epoch is generated in a background thread;
+    ``generation_dtype`` the dataset's, e.g. "bf16"). The returned callable carries the generation
     batch size actually used as ``gen_batch``."""
     device = torch.device(device)
     torch.manual_seed(seed)
@@ -86,7 +88,8 @@ def build_epoch(
     n = inpc * NUM_CLASSES
     if kind == "synthetic":
         extra = {"batch_size": gen_batch} if gen_batch else {}
-        dataset = SyntheticDataset(C.make_generator(width), inpc, augment="dsa", device=device, seed=seed, **extra)
+        dataset = SyntheticDataset(C.make_generator(width), inpc, augment="dsa", device=device, seed=seed,
+                                   generation_dtype=generation_dtype, **extra)
         if contiguous:
             dataset.generator = dataset.generator.to(memory_format=torch.contiguous_format)
         loader = dataset.loader(batch_size=batch, prefetch=prefetch)
@@ -213,6 +216,8 @@ def loader_overhead(args, device: torch.device) -> list[dict[str, Any]]:
         for width in args.widths:
             label = "prefetch" if other else "no prefetch"
             spec[f"synthetic w{width} {label}"] = dict(kind="synthetic", width=width, prefetch=other, **common)
+        width = max(args.widths)  # the paper's generator in bf16 (SyntheticDataset(generation_dtype="bf16"))
+        spec[f"synthetic w{width} bf16"] = dict(kind="synthetic", width=width, generation_dtype="bf16", **common)
     if args.gen_batch_alt:  # the narrowest generator again, with another generation batch
         width = min(args.widths)
         layout = " contiguous" if device.type == "cpu" else ""

@@ -64,6 +64,25 @@ def _mix_seed(*parts: int) -> int:
     return value & 0x7FFFFFFFFFFFFFFF
 
 
+_DTYPES: dict[str, torch.dtype | None] = {
+    "fp32": None, "float32": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+    "fp16": torch.float16, "float16": torch.float16,
+}
+
+
+def _generation_dtype(value: torch.dtype | str | None) -> torch.dtype | None:
+    """None (full precision) or the lower-precision dtype to autocast the generator to."""
+    if value is None or value == torch.float32:
+        return None
+    if value in (torch.bfloat16, torch.float16):
+        return value  # type: ignore[return-value]
+    if isinstance(value, str) and value.lower() in _DTYPES:
+        return _DTYPES[value.lower()]
+    raise ValueError(
+        f"generation_dtype must be None/'fp32', 'bf16' (torch.bfloat16) or 'fp16' (torch.float16), got {value!r}"
+    )
+
+
 def _make_augment(augment: AugmentSpec) -> Callable[..., Tensor] | None:
     if augment is None or augment is False:
         return None
@@ -101,6 +120,11 @@ class SyntheticDataset(Dataset):
         batch_size: generation batch size (default: 500 on CUDA, 64 on the CPU, the fastest
             sizes measured; the augmentation stream depends on it).
         normalize: apply the dataset mean/std (default) or return images in ``[0, 1]``.
+        generation_dtype: ``None`` (default, float32), or ``"bf16"`` / ``"fp16"`` to run the
+            generator under autocast: faster on hardware with fast half-precision maths
+            (bf16 on a CPU with AVX-512 BF16: 1.9x per image at the paper's width), at
+            about 3 significant digits, close to the 1/256 step of 8-bit images. Images
+            are still returned in float32, and DSA runs in float32.
         distributed: ``"auto"`` shards each epoch over torch.distributed ranks (each rank
             sees distinct samples; do not add a ``DistributedSampler``), ``False`` never.
             When ``inpc * num_classes`` is not a multiple of the world size, the last
@@ -123,6 +147,7 @@ class SyntheticDataset(Dataset):
         batch_size: int | None = None,
         normalize: bool = True,
         distributed: bool | str = "auto",
+        generation_dtype: torch.dtype | str | None = None,
     ) -> None:
         if not isinstance(generator, Generator):
             raise TypeError(
@@ -153,6 +178,7 @@ class SyntheticDataset(Dataset):
         # big CPU batches re-fault their activation buffers on every call: small ones are faster
         self.batch_size = batch_size or (500 if self.device.type == "cuda" else 64)
         self.normalize = normalize
+        self.generation_dtype = _generation_dtype(generation_dtype)
         config = generator.config
         self.classes: list[str] = list(config.classes)
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
@@ -217,7 +243,8 @@ class SyntheticDataset(Dataset):
             f"    Image: {config.channels}x{config.image_size}x{config.image_size}, "
             f"{'normalised with mean ' + str(config.mean) + ', std ' + str(config.std) if self.normalize else 'in [0, 1]'}",
             f"    Augment: {self.augment!r}",
-            f"    Device: {self.device}, seed: {self.seed}, epoch: {self.epoch}",
+            f"    Device: {self.device}, seed: {self.seed}, epoch: {self.epoch}"
+            + (f", generation dtype: {str(self.generation_dtype).replace('torch.', '')}" if self.generation_dtype else ""),
         ]
         if self.transform is not None:
             lines.append(f"    Transform: {self.transform!r}")
@@ -262,8 +289,10 @@ class SyntheticDataset(Dataset):
     # background is the same as one generated on demand.
     @torch.no_grad()
     def _render(self, noise: Tensor, chunk_id: int, epoch: int) -> Tensor:
-        images = self.generator(noise).contiguous()  # standard layout for users
-        images = (images.float() + 1) / 2
+        with torch.autocast(self.device.type, dtype=self.generation_dtype or torch.float32,
+                            enabled=self.generation_dtype is not None):
+            images = self.generator(noise)
+        images = (images.contiguous().float() + 1) / 2  # standard layout and float32 for users
         if self.normalize:
             images = (images - self.mean) / self.std
         if self.augment is not None:

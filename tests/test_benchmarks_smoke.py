@@ -67,8 +67,9 @@ def test_generation(tmp_path, capsys, one_thread):
     _positive(data["loader_overhead"], "ms_per_epoch", "images_per_s")
     variants = {r["variant"] for r in data["loader_overhead"]}
     # on CPU, also the other side of the prefetch default
-    assert variants - {"synthetic w8 prefetch", "synthetic w8 no prefetch"} == {"preloaded", "preloaded+dsa", "synthetic w8"}
-    assert len(variants) == 4
+    extra = {"synthetic w8 prefetch", "synthetic w8 no prefetch", "synthetic w8 bf16"}
+    assert variants - extra == {"preloaded", "preloaded+dsa", "synthetic w8"}
+    assert len(variants) == 5
     assert {r["prefetch"] for r in data["loader_overhead"] if r["variant"].startswith("synthetic")} == {True, False}
     assert all("overhead_pct" in r for r in data["loader_overhead"])
     _memory(data["throughput"] + data["loader_overhead"])

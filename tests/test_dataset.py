@@ -369,6 +369,29 @@ def test_dataset_with_pending_prefetch_pickles(gen):
     assert torch.equal(copy.epoch_tensors()[0], ds.epoch_tensors()[0])
 
 
+@pytest.mark.parametrize("dtype", ["bf16", torch.bfloat16, "fp16"])
+def test_lower_precision_generation_is_close_and_returns_float32(gen, dtype):
+    full = SyntheticDataset(gen, 10, device="cpu", seed=2, augment=None, normalize=False)
+    low = SyntheticDataset(gen, 10, device="cpu", seed=2, augment=None, normalize=False, generation_dtype=dtype)
+    a, b = full.epoch_tensors()[0], low.epoch_tensors()[0]
+    assert b.dtype == torch.float32 and b.shape == a.shape
+    assert not torch.equal(a, b)  # the generator really ran in lower precision
+    assert (a - b).abs().mean() < 0.01  # images in [0, 1]
+    assert "generation dtype" in repr(low) and "generation dtype" not in repr(full)
+
+
+@pytest.mark.parametrize("dtype", [None, "fp32", torch.float32])
+def test_full_precision_generation_spellings(gen, dtype):
+    ds = SyntheticDataset(gen, 2, device="cpu", seed=2, generation_dtype=dtype)
+    assert ds.generation_dtype is None
+
+
+@pytest.mark.parametrize("dtype", ["int8", torch.float64, 16])
+def test_bad_generation_dtype(gen, dtype):
+    with pytest.raises(ValueError, match="generation_dtype"):
+        SyntheticDataset(gen, 2, device="cpu", generation_dtype=dtype)
+
+
 def test_fast_loader_after_item_access_starts_a_new_epoch(gen):
     ds = SyntheticDataset(gen, 1, device="cpu", seed=0)
     ds[0]
