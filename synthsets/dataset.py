@@ -12,10 +12,12 @@ i.e. exactly what ``torchvision.transforms.Normalize(mean, std)`` gives for real
 
 from __future__ import annotations
 
+import atexit
 import math
 import operator
 import os
 import threading
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -492,6 +494,7 @@ class _EpochPrefetch:
         self._thread = threading.Thread(
             target=self._run, args=(dataset,), name=f"synthsets-prefetch-epoch-{epoch}", daemon=True
         )
+        _RUNNING.add(self)
         self._thread.start()
 
     def _run(self, dataset: SyntheticDataset) -> None:
@@ -509,3 +512,17 @@ class _EpochPrefetch:
         if self._error is not None:
             raise self._error
         return self._chunks
+
+
+_RUNNING: "weakref.WeakSet[_EpochPrefetch]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_prefetch_threads(timeout: float = 10.0) -> None:
+    """At interpreter exit, stop background epochs at their next chunk and wait for them,
+    so that no thread is inside torch while the runtime shuts down."""
+    pending = list(_RUNNING)
+    for prefetch in pending:
+        prefetch.cancel()
+    for prefetch in pending:
+        prefetch._thread.join(timeout)

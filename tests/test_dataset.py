@@ -356,6 +356,29 @@ def test_prefetch_errors_reach_the_training_loop(gen, monkeypatch):
         ds.epoch_tensors()
 
 
+def test_pending_prefetches_stop_at_exit(gen, monkeypatch):
+    from synthsets.dataset import _stop_prefetch_threads
+
+    ds = SyntheticDataset(gen, 200, device="cpu", seed=3, batch_size=8)  # 250 chunks
+    original = SyntheticDataset._render_chunk
+
+    def slow(self, noise, chunk_id, epoch):  # 250 x 10 ms: the cancel comes long before the end
+        time.sleep(0.01)
+        return original(self, noise, chunk_id, epoch)
+
+    monkeypatch.setattr(SyntheticDataset, "_render_chunk", slow)
+    ds.prefetch(1)
+    pending = ds._prefetched
+    _stop_prefetch_threads()
+    assert not pending._thread.is_alive()
+    assert pending.result() is None  # cancelled before the last chunk
+    monkeypatch.setattr(SyntheticDataset, "_render_chunk", original)
+    ds.set_epoch(1)
+    twin = SyntheticDataset(gen, 200, device="cpu", seed=3, batch_size=8)
+    twin.set_epoch(1)
+    assert torch.equal(ds.epoch_tensors()[0], twin.epoch_tensors()[0])  # generated again on demand
+
+
 def test_dataset_with_pending_prefetch_pickles(gen):
     import pickle
 
