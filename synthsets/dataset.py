@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import Dataset, get_worker_info
 
 from .augment import DSA
-from .generator import Generator
+from .generator import Generator, fold_batchnorm
 
 #: DataLoader workers whose reads are counted towards epochs (more raise an error).
 MAX_WORKERS = 64
@@ -55,6 +55,14 @@ def _usable_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def _version(tensor: Tensor) -> int:
+    """The tensor's in-place modification counter (-1 for inference tensors, which have none)."""
+    try:
+        return tensor._version
+    except RuntimeError:
+        return -1
 
 
 def _mix_seed(*parts: int) -> int:
@@ -212,6 +220,7 @@ class SyntheticDataset(Dataset):
         self._active_epoch = 0  # the epoch whose images are cached / being generated
         self._cache: dict[int, Tensor] = {}
         self._prefetched: _EpochPrefetch | None = None  # an epoch generated in the background
+        self._folded: tuple[tuple, nn.Module] | None = None  # (weights key, BatchNorm-folded copy)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -287,13 +296,32 @@ class SyntheticDataset(Dataset):
         return rng
 
     # -- generation --------------------------------------------------------------------
+    def _inference_generator(self) -> nn.Module:
+        """The generator with its BatchNorms folded (same images up to rounding, faster),
+        rebuilt whenever the generator's weights change; the generator itself if it was
+        put back in training mode (batch statistics)."""
+        generator = self.generator
+        if generator.training:
+            return generator
+        tensors = [*generator.parameters(), *generator.buffers()]
+        key = (id(generator), *((t.data_ptr(), _version(t)) for t in tensors))
+        cached = self._folded
+        if cached is None or cached[0] != key:
+            folded = fold_batchnorm(generator)
+            weight = next(p for p in generator.parameters() if p.dim() == 4)
+            if weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous():
+                folded = folded.to(memory_format=torch.channels_last)  # keep the generator's layout
+            cached = self._folded = (key, folded)
+        return cached[1]
+
     # Images depend only on (seed, epoch, chunk): an epoch generated ahead in the
     # background is the same as one generated on demand.
     @torch.no_grad()
     def _render(self, noise: Tensor, chunk_id: int, epoch: int) -> Tensor:
+        generator = self._inference_generator()
         with torch.autocast(self.device.type, dtype=self.generation_dtype or torch.float32,
                             enabled=self.generation_dtype is not None):
-            images = self.generator(noise)
+            images = generator(noise)
         images = (images.contiguous().float() + 1) / 2  # standard layout and float32 for users
         if self.normalize:
             images = (images - self.mean) / self.std

@@ -415,6 +415,47 @@ def test_bad_generation_dtype(gen, dtype):
         SyntheticDataset(gen, 2, device="cpu", generation_dtype=dtype)
 
 
+def test_fold_batchnorm_keeps_the_images_and_the_original(gen):
+    from synthsets.generator import fold_batchnorm
+
+    gen.eval()
+    folded = fold_batchnorm(gen)
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in folded.modules())
+    assert sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in gen.modules()) == 8
+    assert all(p.requires_grad for p in gen.parameters())  # the original is untouched
+    z = gen.make_noise(torch.arange(40) % 10)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(z), gen(z), rtol=0, atol=1e-5)
+
+
+def test_dataset_generates_with_the_current_weights(gen):
+    ds = SyntheticDataset(gen, 3, device="cpu", seed=2, augment=None)
+    before = ds.epoch_tensors()[0]
+    with torch.no_grad():  # fine-tune in place: the folded copy must follow
+        gen.body[0].weight.mul_(0.5)
+    ds.set_epoch(0)
+    ds._cache.clear()
+    after = ds.epoch_tensors()[0]
+    assert not torch.allclose(before, after)
+    fresh = SyntheticDataset(gen, 3, device="cpu", seed=2, augment=None)
+    torch.testing.assert_close(after, fresh.epoch_tensors()[0], rtol=0, atol=1e-6)
+
+
+def test_dataset_honours_a_generator_in_training_mode(gen):
+    ds = SyntheticDataset(gen, 3, device="cpu", seed=2)
+    assert ds._inference_generator() is not ds.generator  # folded copy in eval mode
+    ds.generator.train()
+    assert ds._inference_generator() is ds.generator  # batch statistics, as asked
+
+
+def test_folded_copy_follows_the_generator_layout(gen):
+    ds = SyntheticDataset(gen, 3, device="cpu", seed=2)
+    conv = lambda m: next(p for p in m.parameters() if p.dim() == 4)  # noqa: E731
+    assert conv(ds._inference_generator()).is_contiguous(memory_format=torch.channels_last)
+    ds.generator = ds.generator.to(memory_format=torch.contiguous_format)
+    assert conv(ds._inference_generator()).is_contiguous()
+
+
 def test_fast_loader_after_item_access_starts_a_new_epoch(gen):
     ds = SyntheticDataset(gen, 1, device="cpu", seed=0)
     ds[0]
