@@ -27,6 +27,7 @@ import torch
 
 from synthsets import DSA, SyntheticDataset, create_model
 from synthsets.dataset import _usable_cpus
+from synthsets.generator import fold_batchnorm
 
 from . import _common as C
 
@@ -40,10 +41,13 @@ def _noise(generator, batch: int, device: torch.device) -> torch.Tensor:
 
 # -- workloads (also built in a fresh process for the memory measurements) ---------------
 def build_generate(
-    device: str, width: int, dtype: str, channels_last: bool, batch: int, compile: bool = False
+    device: str, width: int, dtype: str, channels_last: bool, batch: int, compile: bool = False, fold: bool = False
 ) -> Callable[[], torch.Tensor]:
+    """``fold``: BatchNorm folded into the layers before it, as ``SyntheticDataset`` generates."""
     device = torch.device(device)
     generator = C.make_generator(width).to(device)
+    if fold:
+        generator = fold_batchnorm(generator)
     if channels_last:
         generator = generator.to(memory_format=torch.channels_last)
     model = torch.compile(generator) if compile else generator
@@ -133,14 +137,17 @@ def throughput(args, device: torch.device) -> list[dict[str, Any]]:
         variants: dict[tuple, Callable[[], Any]] = {}
         for dtype in args.dtypes:
             for cl in (False, True):
-                variants[(dtype, cl, False)] = build_generate(str(device), width, dtype, cl, args.batch)
+                variants[(dtype, cl, False, False)] = build_generate(str(device), width, dtype, cl, args.batch)
+            # the library's layout on CPU, with BatchNorm folded as SyntheticDataset does
+            cl = device.type == "cpu"
+            variants[(dtype, cl, False, True)] = build_generate(str(device), width, dtype, cl, args.batch, fold=True)
         if args.compile:
             for dtype in args.dtypes:
                 for cl in (False, True):
                     try:
                         fn = build_generate(str(device), width, dtype, cl, args.batch, compile=True)
                         fn()  # compiles here
-                        variants[(dtype, cl, True)] = fn
+                        variants[(dtype, cl, True, False)] = fn
                     except Exception as err:  # no compiler, unsupported backend...
                         msg = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
                         print(f"torch.compile skipped (width {width}, {dtype}, channels_last={cl}): {msg}", file=sys.stderr)
@@ -148,9 +155,9 @@ def throughput(args, device: torch.device) -> list[dict[str, Any]]:
                                      "skipped": msg})
         names = {key: f"{key}" for key in variants}
         times = C.interleaved({names[k]: v for k, v in variants.items()}, device, args.repeats, min_seconds=min_s)
-        base = times[names[("fp32", False, False)]]
+        base = times[names[("fp32", False, False, False)]]
         for key in variants:
-            dtype, cl, comp = key
+            dtype, cl, comp, fold = key
             t = times[names[key]]
             ms = C.median(t) * 1000
             row = {
@@ -158,17 +165,18 @@ def throughput(args, device: torch.device) -> list[dict[str, Any]]:
                 "dtype": dtype,
                 "channels_last": cl,
                 "compile": comp,
+                "bn_folded": fold,
                 "ms_per_batch": round(ms, 3),
                 "images_per_s": round(args.batch / (ms / 1000), 1),
                 "speedup_vs_fp32": round(C.ratio(base, t), 3),
             }
             # memory: channels_last and compile do not change it much; measure the others
-            wanted = (not cl and not comp) and (not args.tiny or not rows)
+            wanted = (not cl and not comp and not fold) and (not args.tiny or not rows)
             row.update(C.maybe_memory(args, wanted, mem_generate, width=width, dtype=dtype,
                                       channels_last=cl, batch=args.batch, compile=comp))
             rows.append(row)
         del variants
-    rows.sort(key=lambda r: (-r["width"], r.get("compile", False)))
+    rows.sort(key=lambda r: (-r["width"], r.get("compile", False), r.get("bn_folded", False)))
     return rows
 
 
@@ -291,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         results["throughput"] = rows = throughput(args, device)
         C.print_table(f"Generator throughput (batch {args.batch}, 32x32x3, {device})", [r for r in rows if "skipped" not in r], [
             ("width", "width", ""), ("dtype", "dtype", ""), ("channels_last", "channels_last", ""),
-            ("compile", "compile", ""), ("ms_per_batch", "ms / batch", ".1f"), ("images_per_s", "images/s", ".0f"),
+            ("compile", "compile", ""), ("bn_folded", "BN folded", ""), ("ms_per_batch", "ms / batch", ".1f"), ("images_per_s", "images/s", ".0f"),
             ("speedup_vs_fp32", "vs fp32", ".2f"), ("peak_mb", "peak MB", ".0f"),
         ])
     if "fraction" not in args.skip:
