@@ -176,6 +176,12 @@ class SyntheticDataset(Dataset):
         if distributed not in ("auto", True, False):
             raise ValueError(f"distributed must be 'auto', True or False, got {distributed!r}")
 
+        dtypes = {str(t.dtype).replace("torch.", "") for t in generator.parameters() if t.dtype != torch.float32}
+        if dtypes:
+            raise ValueError(
+                f"the generator's weights are {', '.join(sorted(dtypes))}; keep them in float32 (generator.float()) "
+                "and pass generation_dtype='bf16' or 'fp16' to generate in lower precision"
+            )
         self.device = torch.device(device) if device is not None else default_device()
         generator = generator.to(self.device).eval()
         if self.device.type == "cpu":  # oneDNN prefers NHWC: 1.4-1.6x faster generation on CPU

@@ -403,6 +403,11 @@ def test_lower_precision_generation_is_close_and_returns_float32(gen, dtype):
     assert "generation dtype" in repr(low) and "generation dtype" not in repr(full)
 
 
+def test_half_precision_weights_are_refused_with_the_fix(gen):
+    with pytest.raises(ValueError, match=r"float16.*generator.float\(\).*generation_dtype"):
+        SyntheticDataset(gen.half(), 2, device="cpu")
+
+
 @pytest.mark.parametrize("dtype", [None, "fp32", torch.float32])
 def test_full_precision_generation_spellings(gen, dtype):
     ds = SyntheticDataset(gen, 2, device="cpu", seed=2, generation_dtype=dtype)
