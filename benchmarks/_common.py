@@ -197,8 +197,10 @@ def peak_memory(factory: Callable[..., Callable[[], Any]], device: torch.device 
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     module = factory.__module__
-    if module == "__main__":  # run as `python -m benchmarks.X`: import it by its real name
-        module = sys.modules["__main__"].__spec__.name
+    if module == "__main__":  # the script itself: import it by its real name
+        main = sys.modules["__main__"]
+        spec = getattr(main, "__spec__", None)
+        module = spec.name if spec is not None else f"benchmarks.{Path(main.__file__).stem}"  # python benchmarks/X.py
     cmd = [sys.executable, "-c", _CHILD, module, factory.__name__, json.dumps(params), str(torch.get_num_threads())]
     proc = subprocess.run(cmd, cwd=str(REPO_ROOT), env=env, capture_output=True, text=True, timeout=900)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("@@MEM@@")]

@@ -30,6 +30,14 @@ the full models pool).
 
 from __future__ import annotations
 
+import sys
+
+if not __package__:  # run as a file (python benchmarks/distill_step.py): import as the package, from this checkout
+    import pathlib
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+    __package__ = "benchmarks"
+
 import dataclasses
 from typing import Any, Callable, Sequence
 

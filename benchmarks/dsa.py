@@ -25,6 +25,14 @@ for the strategies ``color_crop_cutout_flip_scale_rotate`` (all ops) and ``color
 
 from __future__ import annotations
 
+import sys
+
+if not __package__:  # run as a file (python benchmarks/dsa.py): import as the package, from this checkout
+    import pathlib
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+    __package__ = "benchmarks"
+
 from typing import Any, Callable, Sequence
 
 import torch

@@ -21,6 +21,13 @@ Three tables:
 from __future__ import annotations
 
 import sys
+
+if not __package__:  # run as a file (python benchmarks/generation.py): import as the package, from this checkout
+    import pathlib
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+    __package__ = "benchmarks"
+
 from typing import Any, Callable, Sequence
 
 import torch

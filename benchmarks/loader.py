@@ -18,6 +18,14 @@ DataLoader over a plain ``TensorDataset`` for reference.
 
 from __future__ import annotations
 
+import sys
+
+if not __package__:  # run as a file (python benchmarks/loader.py): import as the package, from this checkout
+    import pathlib
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+    __package__ = "benchmarks"
+
 import time
 from typing import Any, Sequence
 

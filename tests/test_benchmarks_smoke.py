@@ -97,3 +97,23 @@ def test_loader(tmp_path, capsys, one_thread):
     assert any("dataset.loader()" in line for line in _table_rows(printed))
     _positive(data["rows"], "ms_per_epoch", "images_per_s", "speedup_of_loader")
     _positive([r for r in data["rows"] if r["path"].startswith("DataLoader")], "per_item_us")
+
+
+def test_scripts_also_run_as_files(tmp_path):
+    """``python benchmarks/loader.py`` works like ``python -m benchmarks.loader``, from any
+    folder, peak-memory child process included."""
+    import os
+    import subprocess
+
+    out = tmp_path / "loader.json"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "loader.py"), "--tiny", "--device", "cpu", "--threads", "1",
+         "--json", str(out)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "warning" not in proc.stderr
+    data = json.loads(out.read_text())
+    assert data["benchmark"] == "loader"
+    _memory(data["rows"])
