@@ -115,8 +115,10 @@ def _compare(a, b) -> dict[str, float]:
     """Largest weight difference (absolute) and gradient difference (relative, per network:
     ``||g_a - g_b|| / ||g_a||``; a per-tensor ratio would be meaningless for the biases
     that BatchNorm cancels, whose gradient is pure rounding noise)."""
-    weights, grads = 0.0, 0.0
+    weights, grads, buffers = 0.0, 0.0, 0.0
     for module_a, module_b in ((a.G, b.G), (a.D, b.D)):
+        for ba, bb in zip(module_a.buffers(), module_b.buffers()):  # BatchNorm statistics and counters
+            buffers = max(buffers, (ba.double() - bb.double()).abs().max().item())
         num = den = 0.0
         for pa, pb in zip(module_a.parameters(), module_b.parameters()):
             weights = max(weights, (pa - pb).abs().max().item())
@@ -124,7 +126,7 @@ def _compare(a, b) -> dict[str, float]:
                 num += (pa.grad - pb.grad).double().pow(2).sum().item()
                 den += pa.grad.double().pow(2).sum().item()
         grads = max(grads, (num / den) ** 0.5 if den > 0 else 0.0)
-    return {"weights_max_abs": weights, "grads_max_rel": grads}
+    return {"weights_max_abs": weights, "grads_max_rel": grads, "buffers_max_abs": buffers}
 
 
 def check_equivalence(seed: int = 0) -> dict[str, Any]:
@@ -158,6 +160,7 @@ def check_equivalence(seed: int = 0) -> dict[str, Any]:
     # about lr, even for a ~0 gradient, hence the weight bound
     ok = all(
         d["losses_max_rel"] < 1e-4 and d["grads_max_rel"] < 1e-3 and d["weights_max_abs"] <= 2.5 * config.lr
+        and d["buffers_max_abs"] < 1e-5
         for k, d in out.items()
         if isinstance(d, dict)
     )

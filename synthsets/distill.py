@@ -23,6 +23,7 @@ off): the same maths without the cost of launching hundreds of small kernels per
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -31,7 +32,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -199,6 +200,27 @@ def _set_capturable(optimizer: torch.optim.Optimizer, capturable: bool) -> None:
                 state["step"] = state["step"].to(device)
 
 
+@contextlib.contextmanager
+def _running_stats_as_two_passes(module: nn.Module) -> Iterator[None]:
+    """Within the block, one train-mode forward moves every BatchNorm's running statistics
+    (and batch counter) as two forwards of the same batch would: an exponential average
+    with momentum ``m`` applied twice to one value is one step with ``1 - (1 - m)^2``."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = [m for m in norms if m.training and m.track_running_stats]
+    if any(m.momentum is None for m in norms):
+        raise ValueError("BatchNorm with momentum=None (a cumulative average) is not supported here")
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 1 - (1 - m.momentum) ** 2
+    try:
+        yield
+    finally:
+        for m, momentum in zip(norms, saved):
+            m.momentum = momentum
+    for m in norms:
+        m.num_batches_tracked.add_(1)  # the second forward's count
+
+
 GRAPH_WARMUP_STEPS = 3  # eager steps per epoch before the step is captured as a CUDA graph
 
 
@@ -308,16 +330,19 @@ class Distiller:
         It never synchronises with the host, so on CUDA it can be captured as a graph."""
         real, labels = self.to_gan(self.train_x[idx]), self.train_y[idx]
         z = self.G.make_noise(labels)
-        stats = self._discriminator_step(real, labels, z)
+        # The D step and the G step see the same generated batch: G does not change in
+        # between, so one forward serves both (the D step gets it detached), with
+        # BatchNorm's running statistics updated as by the two forwards of the reference.
+        with _running_stats_as_two_passes(self.G):
+            fake = self.G_train(z)
+        stats = self._discriminator_step(real, labels, fake.detach())
         if matcher is not None:
             assert opt_m is not None
             stats["pool_ce"] = self._train_pool_model(matcher, opt_m, self.cfg.inner_steps)
-        stats.update(self._generator_step(real, labels, z, matcher))
+        stats.update(self._generator_step(real, labels, fake, matcher))
         return stats
 
-    def _discriminator_step(self, real: Tensor, labels: Tensor, z: Tensor) -> dict[str, Tensor]:
-        with torch.no_grad():
-            fake = self.G_train(z)
+    def _discriminator_step(self, real: Tensor, labels: Tensor, fake: Tensor) -> dict[str, Tensor]:
         self.D.requires_grad_(True)
         if self.device.type == "cuda":  # one launch-efficient forward (LayerNorm is per sample)
             score, logits = self.D(torch.cat([real, fake]))
@@ -341,10 +366,10 @@ class Distiller:
         return {"d_loss": loss.detach(), "gp": gp.detach(), "wdist": (score_real.mean() - score_fake.mean()).detach()}
 
     def _generator_step(
-        self, real: Tensor, labels: Tensor, z: Tensor, matcher: nn.Module | None
+        self, real: Tensor, labels: Tensor, fake: Tensor, matcher: nn.Module | None
     ) -> dict[str, Tensor]:
+        """Update G through ``fake = G(z)`` (not detached)."""
         self.D.requires_grad_(False)
-        fake = self.G_train(z)
         score, logits = self.D(fake)
         g_gan = -score.mean() + F.cross_entropy(logits, labels)
         loss, stats = g_gan, {"g_loss": g_gan.detach()}

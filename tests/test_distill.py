@@ -332,10 +332,29 @@ def test_generator_step_adds_weighted_matching(trainer, monkeypatch):
     idx = torch.arange(8)
     real, labels = trainer.to_gan(trainer.train_x[idx]), trainer.train_y[idx]
     z = trainer.G.make_noise(labels)
-    stats = trainer._generator_step(real, labels, z, model)
+    stats = trainer._generator_step(real, labels, trainer.G(z), model)
     assert {"g_loss", "match"} <= set(stats) and stats["match"] > 0
     # the GAN part alone when there is no matcher
-    assert set(trainer._generator_step(real, labels, z, None)) == {"g_loss"}
+    assert set(trainer._generator_step(real, labels, trainer.G(z), None)) == {"g_loss"}
+
+
+def test_one_forward_moves_batchnorm_statistics_like_two(trainer):
+    import copy
+
+    from synthsets.distill import _running_stats_as_two_passes
+
+    z = trainer.G.make_noise(torch.arange(8) % 3)
+    twice = copy.deepcopy(trainer.G).train()
+    with torch.no_grad():
+        twice(z)
+        twice(z)
+    once = copy.deepcopy(trainer.G).train()
+    with torch.no_grad(), _running_stats_as_two_passes(once):
+        once(z)
+    for (name, a), b in zip(twice.named_buffers(), once.buffers()):
+        torch.testing.assert_close(b.double(), a.double(), rtol=0, atol=1e-6, msg=name)
+    momenta = {m.momentum for m in once.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+    assert momenta == {0.1}  # restored
 
 
 def test_real_and_gan_ranges_round_trip(trainer):
