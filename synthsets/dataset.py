@@ -376,9 +376,9 @@ class SyntheticDataset(Dataset):
 
     def prefetch(self, epoch: int) -> None:
         """Start generating ``epoch`` in a background thread; :meth:`epoch_tensors` takes it
-        from there when that epoch comes. Generation releases the GIL, so on a CPU it
-        overlaps with a training step (``SyntheticDataset.loader`` does this by default
-        on CPU). The images are the same as without prefetching."""
+        from there when that epoch comes. Generation releases the GIL, so on a CPU with a
+        core to spare it overlaps with a training step (``SyntheticDataset.loader`` does
+        this by default there). The images are the same as without prefetching."""
         pending = self._prefetched
         if pending is not None and pending.epoch == epoch:
             return
