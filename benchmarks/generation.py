@@ -33,7 +33,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from synthsets import DSA, SyntheticDataset, create_model
-from synthsets.dataset import _usable_cpus
+from synthsets.dataset import _core_to_spare
 from synthsets.generator import fold_batchnorm
 
 from . import _common as C
@@ -227,7 +227,7 @@ def loader_overhead(args, device: torch.device) -> list[dict[str, Any]]:
     for width in args.widths:
         spec[f"synthetic w{width}"] = dict(kind="synthetic", width=width, **common)
     if device.type == "cpu":  # the other side of the library's CPU prefetch default
-        other = not (torch.get_num_threads() < _usable_cpus())
+        other = not _core_to_spare()
         for width in args.widths:
             label = "prefetch" if other else "no prefetch"
             spec[f"synthetic w{width} {label}"] = dict(kind="synthetic", width=width, prefetch=other, **common)

@@ -57,6 +57,11 @@ def _usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def _core_to_spare() -> bool:
+    """Whether torch trains on fewer threads than there are cores (a core is free to generate on)."""
+    return torch.get_num_threads() < _usable_cpus()
+
+
 def _version(tensor: Tensor) -> int:
     """The tensor's in-place modification counter (-1 for inference tensors, which have none)."""
     try:
@@ -386,25 +391,22 @@ class SyntheticDataset(Dataset):
             pending.cancel()
         self._prefetched = _EpochPrefetch(self, epoch)
 
-    def _take_prefetched(self, epoch: int) -> bool:
-        """Fill the cache from a finished background epoch, if it is ``epoch``."""
+    def _take_prefetched(self, epoch: int) -> None:
+        """Fill the cache from the background epoch if it is ``epoch``; drop it otherwise."""
         pending, self._prefetched = self._prefetched, None
         if pending is None:
-            return False
+            return
         if pending.epoch != epoch or self._cache:
             pending.cancel()
-            return False
+            return
         chunks = pending.result()
-        if chunks is None:
-            return False
-        self._cache = dict(enumerate(chunks))
-        return True
+        if chunks is not None:
+            self._cache = dict(enumerate(chunks))
 
     def epoch_tensors(self) -> tuple[Tensor, Tensor]:
         """All images and labels of the current epoch (for this rank), on the device."""
         self._activate(self.epoch)
-        if self._prefetched is not None:
-            self._take_prefetched(self._active_epoch)
+        self._take_prefetched(self._active_epoch)
         chunks = [self._chunk(i) for i in range(self._num_chunks)]
         labels = self._global_labels[self._indices].to(self.device)
         return torch.cat(chunks), labels
@@ -458,7 +460,7 @@ class SyntheticDataset(Dataset):
         return (
             self.device.type == "cpu"
             and (self.augment is None or isinstance(self.augment, DSA))
-            and torch.get_num_threads() < _usable_cpus()
+            and _core_to_spare()
         )
 
     def materialize(self, ipc: int | None = None, path: str | Path | None = None, fmt: str | None = None):
