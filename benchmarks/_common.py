@@ -246,6 +246,15 @@ def make_generator(width: int, channels: int = 3, image_size: int = 32, num_clas
     return generator.eval()
 
 
+def training_model(name: str, num_classes: int, device: torch.device | str) -> torch.nn.Module:
+    """``create_model(name)`` on ``device``, in the memory layout synthsets.evaluate trains
+    it in (channels_last on CPU for models without GroupNorm/LayerNorm)."""
+    from synthsets.models import create_model, preferred_memory_format
+
+    model = create_model(name, num_classes).to(device)
+    return model.to(memory_format=preferred_memory_format(model, device))
+
+
 def sgd(model: torch.nn.Module) -> torch.optim.Optimizer:
     """The paper's evaluation optimiser (SGD lr 0.01, momentum 0.9, weight decay 5e-4)."""
     return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)

@@ -155,12 +155,14 @@ def check_equivalence(seed: int = 0) -> dict[str, Any]:
                     losses = max(losses, abs(value - other) / max(abs(value), 1e-6))
                 diff["losses_max_rel"] = losses
                 out[f"{name}_stage{epoch + 1}"] = diff
-    # same random draws on CPU: the two differ by float noise only (one discriminator pass
-    # over cat([real, fake]) against two); Adam's first step moves a weight by at most
-    # about lr, even for a ~0 gradient, hence the weight bound
+    # same random draws on CPU: the two differ by float noise only (the library's generator
+    # runs in channels_last on CPU, the naive one in the standard layout: the same sums in
+    # another order). Adam's first step moves a weight by at most about lr, even for a ~0
+    # gradient (the biases that BatchNorm cancels), hence the weight bound; BatchNorm's
+    # running means follow those biases, hence the same bound for buffers
     ok = all(
         d["losses_max_rel"] < 1e-4 and d["grads_max_rel"] < 1e-3 and d["weights_max_abs"] <= 2.5 * config.lr
-        and d["buffers_max_abs"] < 1e-5
+        and d["buffers_max_abs"] <= 2.5 * config.lr
         for k, d in out.items()
         if isinstance(d, dict)
     )

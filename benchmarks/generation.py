@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from synthsets import DSA, SyntheticDataset, create_model
+from synthsets import DSA, SyntheticDataset
 from synthsets.dataset import _core_to_spare
 from synthsets.generator import fold_batchnorm
 
@@ -94,7 +94,7 @@ def build_epoch(
     batch size actually used as ``gen_batch``."""
     device = torch.device(device)
     torch.manual_seed(seed)
-    net = create_model(model, NUM_CLASSES).to(device)
+    net = C.training_model(model, NUM_CLASSES, device)
     step = C.train_step_fn(net, C.sgd(net))
     n = inpc * NUM_CLASSES
     if kind == "synthetic":
@@ -197,7 +197,7 @@ def fraction(args, device: torch.device) -> list[dict[str, Any]]:
         variants: dict[str, Callable[[], Any]] = {"gen": generate}
         for name in args.models:
             torch.manual_seed(args.seed)
-            net = create_model(name, NUM_CLASSES).to(device)
+            net = C.training_model(name, NUM_CLASSES, device)
             step = C.train_step_fn(net, C.sgd(net))
             x = torch.randn(args.batch, 3, 32, 32, device=device)
             variants[f"train:{name}"] = lambda step=step, x=x: step(x, y)

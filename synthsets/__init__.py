@@ -15,7 +15,7 @@ from .dataset import SyntheticDataset, SyntheticLoader
 from .export import materialize
 from .generator import Generator, GeneratorConfig
 from .hub import PretrainedNotFoundError, WeightsError, list_pretrained
-from .models import create_model, list_models
+from .models import create_model, list_models, preferred_memory_format
 
 __version__ = "0.1.0"
 
@@ -34,6 +34,7 @@ __all__ = [
     "list_models",
     "list_pretrained",
     "materialize",
+    "preferred_memory_format",
     "__version__",
 ]
 

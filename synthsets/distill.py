@@ -47,7 +47,7 @@ from .dataset import _mix_seed
 from .discriminator import Discriminator, gradient_penalty
 from .generator import Generator, GeneratorConfig
 from .hub import WeightsError, atomic_write_text
-from .models import POOL, create_model
+from .models import POOL, create_model, preferred_memory_format
 
 PRESETS: dict[str, dict[str, Any]] = {
     # the paper / reference code
@@ -273,6 +273,7 @@ class Distiller:
             std=real.std,
         )
         self.G = Generator(gen_config).to(self.device)
+        self.G.to(memory_format=preferred_memory_format(self.G, self.device))  # channels_last on CPU
         self.D = Discriminator(self.num_classes, real.channels, real.image_size, config.disc_width).to(self.device)
         # CUDA graphs need the optimisers' step counters on the device (capturable Adam)
         self.use_cuda_graphs = config.cuda_graphs and self.device.type == "cuda" and self.world == 1
@@ -412,6 +413,7 @@ class Distiller:
         name = self.cfg.pool[int(torch.randint(len(self.cfg.pool), (1,)).item())]
         kwargs = {"width": self.cfg.pool_width} if self.cfg.pool_width and name.startswith("convnet") else {}
         model = create_model(name, self.num_classes, self.real.channels, self.real.image_size, **kwargs).to(self.device)
+        model.to(memory_format=preferred_memory_format(model, self.device))
         opt = torch.optim.SGD(
             model.parameters(), lr=self.cfg.inner_lr, momentum=self.cfg.inner_momentum, weight_decay=self.cfg.inner_weight_decay
         )

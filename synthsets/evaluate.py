@@ -54,7 +54,7 @@ from .augment import DSA, cutmix
 from .data import RealData, RealSplit, load_real
 from .dataset import SyntheticDataset, _make_augment, _mix_seed, default_device
 from .generator import Generator
-from .models import create_model
+from .models import create_model, preferred_memory_format
 
 __all__ = [
     "BASELINES",
@@ -356,6 +356,7 @@ def run_protocol(
     dev = torch.device(device) if device is not None else default_device()
     torch.manual_seed(_mix_seed(seed, 21))
     model = create_model(model_name, num_classes, channels, image_size, **(model_kwargs or {})).to(dev)
+    model = model.to(memory_format=preferred_memory_format(model, dev))  # channels_last on CPU where faster
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     augment = _make_augment(cfg.augment)
     rng = _rng(dev, seed, 22)

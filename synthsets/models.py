@@ -31,6 +31,7 @@ __all__ = [
     "register_model",
     "create_model",
     "list_models",
+    "preferred_memory_format",
     "ConvNet",
     "BasicBlock",
     "ResNet",
@@ -84,6 +85,31 @@ def _norm2d(norm: str, c: int) -> nn.Module:
     if key in ("none", ""):
         return nn.Identity()
     raise ValueError(f"unknown norm {norm!r}; expected 'instancenorm', 'batchnorm' or 'none'")
+
+
+#: Normalisations whose CPU kernels work in the standard (NCHW) layout. channels_last
+#: makes a model with one of them no faster on a CPU (ConvNet-3: 1.0x, VGG-11: 0.9x).
+_NCHW_NORMS = (nn.GroupNorm, nn.InstanceNorm2d, nn.LayerNorm, nn.LocalResponseNorm)
+
+
+def preferred_memory_format(model: nn.Module, device: torch.device | str) -> torch.memory_format:
+    """The memory layout in which ``model`` runs fastest on ``device``.
+
+    On a CPU, oneDNN's convolutions are faster in channels_last (NHWC): a training step
+    of the ResNets and AlexNet is 1.1-1.4x faster, a generator forward 1.4-1.6x (measured
+    on 2 cores, batch 128). Models with GroupNorm/InstanceNorm/LayerNorm stay in the
+    standard layout, and so does everything on CUDA, where the standard layout is what
+    the GPU figures were measured with. Either layout computes the same function.
+
+        >>> model = model.to(memory_format=preferred_memory_format(model, "cpu"))
+    """
+    device = torch.device(device)
+    modules = list(model.modules())
+    if device.type != "cpu" or not any(isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) for m in modules):
+        return torch.contiguous_format
+    if any(isinstance(m, _NCHW_NORMS) for m in modules):
+        return torch.contiguous_format
+    return torch.channels_last
 
 
 # --------------------------------------------------------------------------- models

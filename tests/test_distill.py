@@ -364,6 +364,23 @@ def test_real_and_gan_ranges_round_trip(trainer):
     assert torch.allclose(trainer.to_classifier(pm), x, atol=1e-5)
 
 
+def test_cpu_layouts(trainer):
+    """On a CPU the generator and BatchNorm pool models train in channels_last (faster
+    there); the discriminator, whose LayerNorm works in the standard layout, does not."""
+    cl = torch.channels_last
+    assert all(m.weight.is_contiguous(memory_format=cl) for m in trainer.G.modules() if isinstance(m, torch.nn.Conv2d))
+    assert all(m.weight.is_contiguous() for m in trainer.D.modules() if isinstance(m, torch.nn.Conv2d))
+    trainer.cfg.pool = ("resnet10",)
+    model, _, _ = trainer._new_pool_model(trainer.cfg.stage1_epochs)
+    assert next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d)).weight.is_contiguous(memory_format=cl)
+    folder = trainer.out / "g"
+    trainer.save_generator(folder)  # loads back as the same generator, in the standard layout
+    loaded = synthsets.Generator.from_pretrained(folder)
+    for key, value in trainer.G.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    assert all(m.weight.is_contiguous() for m in loaded.modules() if isinstance(m, torch.nn.Conv2d))
+
+
 # -- 4. checkpoints and resume -------------------------------------------------------------------
 def assert_same_tensors(a: Path, b: Path) -> None:
     ta, tb = load_file(a), load_file(b)

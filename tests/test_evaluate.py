@@ -173,6 +173,36 @@ def test_protocol_learns_a_separable_toy_problem(real):
     assert math.isfinite(result["final_loss"])
 
 
+def test_protocol_trains_resnets_channels_last_on_cpu(real, monkeypatch):
+    """run_protocol trains in the layout preferred_memory_format picks: channels_last for a
+    BatchNorm ResNet on a CPU (faster there), and the toy problem is still learnt."""
+    import synthsets.evaluate as evaluate_mod
+
+    layouts = []
+    real_create = evaluate_mod.create_model
+
+    def spy(*args, **kwargs):
+        model = real_create(*args, **kwargs)
+        forward = model.forward
+
+        def recording_forward(x):
+            conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+            layouts.append(conv.weight.is_contiguous(memory_format=torch.channels_last))
+            return forward(x)
+
+        model.forward = recording_forward
+        return model
+
+    monkeypatch.setattr(evaluate_mod, "create_model", spy)
+    xtr, ytr = quadrants(16, 2)
+    result = run_protocol(
+        fixed_batches(xtr, ytr, batch_size=32, seed=0, device="cpu"), real.test, "resnet10", 4, 1, 28,
+        epochs=8, lr=0.05, device="cpu", seed=0,
+    )
+    assert layouts and all(layouts)
+    assert result["final_acc"] >= 90.0
+
+
 def test_run_is_reproducible_with_a_seed(real, gen):
     def once(seed):
         batches = generator_batches(gen, 2, mean=real.mean, std=real.std, batch_size=8, epoch_images="exact", seed=seed, device="cpu")

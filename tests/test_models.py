@@ -8,6 +8,7 @@ from synthsets.models import (
     ConvNet,
     create_model,
     list_models,
+    preferred_memory_format,
     register_model,
 )
 
@@ -179,3 +180,49 @@ def test_register_model():
         sm._REGISTRY.pop("tiny_test_net", None)
         sm._KEYS.pop("tinytestnet", None)
     assert "tiny_test_net" not in list_models()
+
+
+# -- memory layout ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "name, expected",
+    [("resnet18", torch.channels_last), ("resnet10_ap", torch.channels_last), ("alexnet", torch.channels_last),
+     ("convnet3", torch.contiguous_format), ("vgg11", torch.contiguous_format)],
+)
+def test_preferred_memory_format_on_cpu(name, expected):
+    # BatchNorm / no-norm models run faster in channels_last on a CPU; GroupNorm ones do not
+    model = create_model(name, num_classes=10)
+    assert preferred_memory_format(model, "cpu") is expected
+    assert preferred_memory_format(model, torch.device("cpu")) is expected
+
+
+def test_preferred_memory_format_elsewhere():
+    assert preferred_memory_format(create_model("resnet18", num_classes=10), "cuda") is torch.contiguous_format
+    assert preferred_memory_format(nn.Sequential(nn.Linear(4, 2)), "cpu") is torch.contiguous_format  # no convs
+    assert preferred_memory_format(create_model("convnet3", 10, norm="batchnorm"), "cpu") is torch.channels_last
+
+
+@pytest.mark.parametrize("channels,image_size", CONFIGS)
+def test_channels_last_trains_the_same_model(channels, image_size):
+    """Three SGD steps of a ResNet in either layout: the same losses and weights up to float noise."""
+    results = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        torch.manual_seed(0)
+        model = create_model("resnet10", 10, channels, image_size).to(memory_format=layout)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        gen = torch.Generator().manual_seed(1)
+        losses = []
+        for _ in range(3):
+            x = torch.randn(8, channels, image_size, image_size, generator=gen)
+            y = torch.randint(10, (8,), generator=gen)
+            loss = nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+        assert conv.weight.is_contiguous(memory_format=layout)
+        results.append((losses, [p.detach().clone() for p in model.parameters()]))
+    (losses_a, params_a), (losses_b, params_b) = results
+    assert losses_a == pytest.approx(losses_b, rel=1e-5)
+    for a, b in zip(params_a, params_b):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
