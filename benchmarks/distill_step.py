@@ -5,9 +5,10 @@ Variants, both built from the same in-memory synthetic ``RealData`` and the same
 * ``library``: :class:`synthsets.distill.Distiller` as shipped. It keeps the real data on
   the device and draws batch indices and noise there, runs the discriminator once on
   ``cat([real, fake])`` (valid: the discriminator's LayerNorm normalises each sample on
-  its own, so a sample's output does not depend on the rest of the batch), returns the
-  step losses as detached device tensors and sums them on the device, with one host
-  synchronisation per epoch;
+  its own, so a sample's output does not depend on the rest of the batch) on CUDA,
+  returns the step losses as detached device tensors and sums them on the device, with
+  one host synchronisation per epoch; on CPU its generator and BatchNorm pool models run
+  in channels_last, where oneDNN is faster;
 * ``naive``: :class:`benchmarks.naive_distill.NaiveDistiller`, the same maths written
   research-code style: real data indexed on the CPU and copied, noise and other random
   draws made on the CPU and copied, small tensors re-created each step, separate
@@ -19,7 +20,7 @@ time of ``run_epoch`` (a few steps, the pool model's creation included) over the
 
 Before timing, the script checks on CPU (tiny sizes) that one stage-1 and one stage-2
 step of each variant from the same seed give the same losses, gradients and weights, up
-to float noise (the single discriminator pass sums in a different order).
+to float noise (the channels_last generator sums in a different order).
 
 Sizes: ``--preset`` tiny (``--tiny``), cpu-small (default on CPU: width 64, batch 64,
 1x28x28 data, ConvNet-3 pool) or paper (default on CUDA: width 196, batch 64, 3x32x32,
