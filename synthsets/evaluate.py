@@ -318,6 +318,33 @@ def test_accuracy(model: nn.Module, test: RealSplit, batch_size: int = 1000) -> 
     return 100.0 * correct / max(1, len(test))
 
 
+def _forward_backward(
+    net: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor, mix: tuple[Tensor, Tensor, Tensor, float] | None
+) -> Tensor:
+    """Loss (CutMix-weighted when ``mix`` is given) and its gradients; no optimiser step."""
+    out = net(x)
+    if mix is not None:
+        _, y_a, y_b, lam = mix
+        loss = lam * F.cross_entropy(out, y_a) + (1 - lam) * F.cross_entropy(out, y_b)
+    else:
+        loss = F.cross_entropy(out, y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    return loss
+
+
+def _compile_failed(model: nn.Module, model_name: str, err: Exception) -> nn.Module:
+    """Warn that ``torch.compile`` failed and return the eager model to go on with."""
+    first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    warnings.warn(
+        f"torch.compile failed for {model_name} ({type(err).__name__}: {first_line[:300]}); "
+        "training without it (the results are the same, only slower)",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return model
+
+
 def run_protocol(
     train_batches: BatchFn,
     test: RealSplit,
@@ -333,6 +360,7 @@ def run_protocol(
     model_kwargs: dict[str, Any] | None = None,
     progress: bool = False,
     desc: str | None = None,
+    compile: bool = False,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Train a fresh ``model_name`` on ``train_batches`` and test it on ``test``.
@@ -346,6 +374,10 @@ def run_protocol(
             (``lr=``, ``schedule=``, ``augment=``, ``cutmix=``, ``test_interval=``...).
         seed: seeds the model's initialisation and the augmentation draws; with the same
             batches, a run is reproducible on the same device.
+        compile: run the model through ``torch.compile`` (the same function up to float
+            rounding). It pays off on long runs: a ConvNet-3 training step was 1.8x faster
+            on a CPU, after about 10 s of compiling; ResNet-18 did not gain. If compiling
+            fails, the run warns and goes on without it.
 
     Returns:
         ``final_acc`` (percent, after the last epoch), ``best_acc`` / ``best_epoch`` (over
@@ -357,6 +389,7 @@ def run_protocol(
     torch.manual_seed(_mix_seed(seed, 21))
     model = create_model(model_name, num_classes, channels, image_size, **(model_kwargs or {})).to(dev)
     model = model.to(memory_format=preferred_memory_format(model, dev))  # channels_last on CPU where faster
+    net: nn.Module = torch.compile(model) if compile else model  # what training steps run through
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     augment = _make_augment(cfg.augment)
     rng = _rng(dev, seed, 22)
@@ -387,14 +420,17 @@ def run_protocol(
             use_cutmix = cfg.cutmix and len(y) > 1
             if use_cutmix and cfg.cutmix_prob < 1:
                 use_cutmix = float(torch.rand((), device=dev, generator=rng)) < cfg.cutmix_prob
-            if use_cutmix:
-                x, y_a, y_b, lam = cutmix(x, y, beta=cfg.cutmix_beta, generator=rng)
-                out = model(x)
-                loss = lam * F.cross_entropy(out, y_a) + (1 - lam) * F.cross_entropy(out, y_b)
+            mix = cutmix(x, y, beta=cfg.cutmix_beta, generator=rng) if use_cutmix else None
+            if mix is not None:
+                x = mix[0]
+            if net is not model and steps == 0:  # the first compiled step compiles
+                try:
+                    loss = _forward_backward(net, optimizer, x, y, mix)
+                except Exception as err:
+                    net = _compile_failed(model, model_name, err)
+                    loss = _forward_backward(net, optimizer, x, y, mix)
             else:
-                loss = F.cross_entropy(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+                loss = _forward_backward(net, optimizer, x, y, mix)
             optimizer.step()
             steps += 1
             images_seen += len(y)
@@ -402,6 +438,7 @@ def run_protocol(
             loss_value = float(loss.detach())
         last = epoch == cfg.epochs - 1
         if last or (interval and (epoch + 1) % interval == 0):
+            # eagerly: an eval-mode graph would be compiled for a few test passes only
             history.append([epoch + 1, test_accuracy(model, test, cfg.test_batch_size)])
             if bar is not None:
                 bar.set_postfix(acc=f"{history[-1][1]:.2f}", loss=f"{loss_value:.3f}")
@@ -518,6 +555,7 @@ def evaluate_source(
     device: str | torch.device | None = None,
     model_kwargs: dict[str, Any] | None = None,
     progress: bool = False,
+    compile: bool = False,
     **overrides: Any,
 ) -> list[dict[str, Any]]:
     """Evaluate one source at one INPC with one model; one record per run.
@@ -526,7 +564,8 @@ def evaluate_source(
     (``"random-real"``, ``"whole"``) or a generator spec (path / bundled name / Hub id).
     ``runs`` is a count or a list of run indices; run ``r`` uses seed ``seed + r`` (for
     the model, the augmentation, the generated images and the random real subset), so
-    run ``r`` of every source starts from the same model initialisation.
+    run ``r`` of every source starts from the same model initialisation. ``compile``
+    trains through ``torch.compile`` (see :func:`run_protocol`).
     """
     if not isinstance(source, Source):
         source = Source.baseline(source) if isinstance(source, str) and source.strip().lower() in BASELINES else Source.from_spec(source)
@@ -560,10 +599,12 @@ def evaluate_source(
         result = run_protocol(
             batches, test, model_name, real.num_classes, real.channels, real.image_size,
             config=cfg, seed=run_seed, device=dev, model_kwargs=model_kwargs, progress=progress,
-            desc=f"{source.label} inpc {inpc} {model_name} run {run}",
+            desc=f"{source.label} inpc {inpc} {model_name} run {run}", compile=compile,
         )
         settings = cfg.to_json()
         settings.update({"images_per_epoch": n_images, "device": str(dev)})
+        if compile:
+            settings["compile"] = True
         if model_kwargs:
             settings["model_kwargs"] = dict(model_kwargs)
         record = {
@@ -646,6 +687,7 @@ def evaluate(
     out: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
+    compile: bool = False,
     **overrides: Any,
 ) -> list[dict[str, Any]]:
     """Evaluate generators and baselines over INPC values, models and runs (the CLI's engine).
@@ -656,7 +698,8 @@ def evaluate(
     are split by ``shard`` (``(i, n)`` or ``"i/n"``; ``None``: torchrun's rank/world size).
     With ``out``, this shard's records are written to ``out/results.json`` (or
     ``results.rank{i}.json`` when sharded) after every job; ``resume`` skips jobs already
-    there. Returns this shard's records (including resumed ones).
+    there. Returns this shard's records (including resumed ones). ``compile`` trains
+    through ``torch.compile`` (see :func:`run_protocol`).
     """
     cfg = _config_with(config, **overrides)
     sources = [g if isinstance(g, Source) else Source.from_spec(g) for g in generators]
@@ -746,7 +789,7 @@ def evaluate(
                 continue
             new = evaluate_source(
                 s, real_data, v, m, runs=[r], seed=seed, config=cfg, device=device,
-                model_kwargs=model_kwargs, progress=progress,
+                model_kwargs=model_kwargs, progress=progress, compile=compile,
             )
             records.extend(new)
             if out_path is not None:
@@ -800,7 +843,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def _comparable_settings(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in record.get("settings", {}).items() if k not in ("device",)}
+    return {k: v for k, v in record.get("settings", {}).items() if k not in ("device", "compile")}
 
 
 def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -1022,6 +1065,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--test-interval", type=int, default=0, help="also test every N epochs (best periodic accuracy reported "
       "separately); default 0: test only after the last epoch")
     a("--device", help="cuda, cuda:1, cpu (default: CUDA when present; under torchrun cuda:LOCAL_RANK)")
+    a("--compile", action="store_true", help="train through torch.compile: the same results, faster on long runs "
+      "(ConvNet-3 on a CPU: 1.8x per step after ~10 s of compiling); falls back with a warning if compiling fails")
     a("--out", help="output folder for results.json, results.md and accuracy_vs_inpc.png")
     a("--resume", action="store_true", help="skip runs already in OUT's results file")
     a("--shard", help="run only slice i of n of the job list (0-based i/n; default under torchrun: RANK/WORLD_SIZE)")
@@ -1101,6 +1146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sources, baselines=args.baselines, data=args.data, root=args.root, image_size=args.image_size,
             download=args.download, inpc=args.inpc, models=args.models, runs=args.runs, seed=args.seed,
             config=config, device=device, shard=shard, out=out, resume=args.resume, progress=args.progress,
+            compile=args.compile,
         )
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

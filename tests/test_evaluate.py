@@ -203,6 +203,51 @@ def test_protocol_trains_resnets_channels_last_on_cpu(real, monkeypatch):
     assert result["final_acc"] >= 90.0
 
 
+def _toy_protocol(real, **kwargs):
+    xtr, ytr = quadrants(16, 2)
+    return run_protocol(
+        fixed_batches(xtr, ytr, batch_size=32, seed=0, device="cpu"), real.test, "convnet3", 4, 1, 28,
+        epochs=6, lr=0.05, model_kwargs=TINY, device="cpu", seed=0, **kwargs,
+    )
+
+
+def test_compile_failure_falls_back_to_the_same_eager_run(real, gen, monkeypatch):
+    import synthsets.evaluate as evaluate_mod
+
+    class Broken(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            raise RuntimeError("no C++ compiler found\nlong details")
+
+    eager = _toy_protocol(real)
+    monkeypatch.setattr(evaluate_mod.torch, "compile", Broken)
+    with pytest.warns(RuntimeWarning, match=r"torch.compile failed for convnet3 \(RuntimeError: no C\+\+ compiler found\)"):
+        fallback = _toy_protocol(real, compile=True)
+    assert fallback["final_loss"] == eager["final_loss"] and fallback["history"] == eager["history"]
+    # evaluate_source records the option, outside the settings runs are compared on
+    with pytest.warns(RuntimeWarning):
+        (record,) = evaluate_source(gen, real, 2, "convnet3", config=ProtocolConfig(epochs=1), device="cpu",
+                                    model_kwargs=TINY, compile=True)
+    assert record["settings"]["compile"] is True
+
+
+def test_compile_trains_the_same_model(real):
+    """A real torch.compile run learns what the eager run learns (float noise apart)."""
+    import warnings
+
+    eager = _toy_protocol(real)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compiled = _toy_protocol(real, compile=True)
+    if any("torch.compile failed" in str(w.message) for w in caught):
+        pytest.skip("torch.compile does not work on this machine (the fallback is tested above)")
+    assert compiled["final_acc"] == pytest.approx(eager["final_acc"], abs=1.0)
+    assert compiled["final_loss"] == pytest.approx(eager["final_loss"], rel=1e-2, abs=1e-3)
+
+
 def test_run_is_reproducible_with_a_seed(real, gen):
     def once(seed):
         batches = generator_batches(gen, 2, mean=real.mean, std=real.std, batch_size=8, epoch_images="exact", seed=seed, device="cpu")
