@@ -184,8 +184,19 @@ def _setup_distributed(device: str | None) -> tuple[torch.device, int, int, bool
         local = int(os.environ.get("LOCAL_RANK", 0))
         dev = torch.device("cuda", local if world > 1 else (dev.index or 0))
         torch.cuda.set_device(dev)
-        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
     return dev, rank, world, started
+
+
+@contextlib.contextmanager
+def _cudnn_benchmark() -> Iterator[None]:
+    """cuDNN picks the fastest kernels for the step's fixed shapes, within the block only
+    (the process-wide setting is restored after it)."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 def _set_capturable(optimizer: torch.optim.Optimizer, capturable: bool) -> None:
@@ -447,14 +458,15 @@ class Distiller:
             warmup=GRAPH_WARMUP_STEPS,
             enabled=self.use_cuda_graphs and self.graph_failure is None and steps > GRAPH_WARMUP_STEPS,
         )
-        for step, idx in enumerate(self._batches(steps)):
-            stats = train_step(idx)
-            for k, v in stats.items():
-                totals[k] = totals[k] + v if k in totals else v.double()
-            if bar is not None:
-                bar.update(1)
-                if step % 10 == 0:
-                    bar.set_postfix({k: f"{float(v):.3f}" for k, v in stats.items()})
+        with _cudnn_benchmark():
+            for step, idx in enumerate(self._batches(steps)):
+                stats = train_step(idx)
+                for k, v in stats.items():
+                    totals[k] = totals[k] + v if k in totals else v.double()
+                if bar is not None:
+                    bar.update(1)
+                    if step % 10 == 0:
+                        bar.set_postfix({k: f"{float(v):.3f}" for k, v in stats.items()})
         if bar is not None:
             bar.close()
         if train_step.failure is not None:

@@ -364,6 +364,22 @@ def test_real_and_gan_ranges_round_trip(trainer):
     assert torch.allclose(trainer.to_classifier(pm), x, atol=1e-5)
 
 
+def test_cudnn_benchmark_is_on_during_steps_only(trainer, monkeypatch):
+    """A Distiller turns cuDNN autotuning on for its training steps, not for the process."""
+    seen = []
+    train_step = trainer._train_step
+
+    def recording(*args):
+        seen.append(torch.backends.cudnn.benchmark)
+        return train_step(*args)
+
+    monkeypatch.setattr(trainer, "_train_step", recording)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    trainer.run_epoch(0)
+    assert seen and all(seen)
+    assert torch.backends.cudnn.benchmark is False
+
+
 def test_cpu_layouts(trainer):
     """On a CPU the generator and BatchNorm pool models train in channels_last (faster
     there); the discriminator, whose LayerNorm works in the standard layout, does not."""
