@@ -44,6 +44,8 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
+    if not torch.cuda.is_available():
+        synthsets.tune_cpu_allocator()  # CPU training: keep freed activation memory for reuse (2x faster steps)
     train = synthsets.DiM(args.generator, inpc=args.inpc, seed=args.seed)  # fresh DSA-augmented images every epoch
     print(train)
     dataset = train.generator.config.dataset

@@ -30,6 +30,8 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
+    if not torch.cuda.is_available():
+        synthsets.tune_cpu_allocator()  # CPU training: keep freed activation memory for reuse
     train = synthsets.DiM(args.generator, inpc=args.inpc, seed=args.seed)
     # the torchvision way: any DataLoader works; every pass brings fresh images
     loader = DataLoader(train, batch_size=args.batch_size, shuffle=True)

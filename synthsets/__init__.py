@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .allocator import tune_cpu_allocator
 from .augment import DSA, DSAParams, cutmix
 from .dataset import SyntheticDataset, SyntheticLoader
 from .export import materialize
@@ -35,6 +36,7 @@ __all__ = [
     "list_pretrained",
     "materialize",
     "preferred_memory_format",
+    "tune_cpu_allocator",
     "__version__",
 ]
 

@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .allocator import tune_cpu_allocator
 from .augment import DSA, cutmix
 from .data import RealData, RealSplit, load_real
 from .dataset import SyntheticDataset, _make_augment, _mix_seed, default_device
@@ -1135,6 +1136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         torchrun = args.shard is None and world > 1
         if device is None and torch.cuda.is_available():
             device = f"cuda:{local_rank}" if torchrun else "cuda"
+        if str(device or "cpu").startswith("cpu"):
+            tune_cpu_allocator()  # a command line owns its process: keep freed memory for reuse
         sources = [Source.from_spec(spec) for spec in args.generators]
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -7,10 +7,14 @@
   the real ``huggingface_hub`` client talks to it (online mode, ``HF_ENDPOINT`` set).
 * ``make_generator`` / ``tiny_generator`` / ``saved_generator``: small generators
   (width 16, 10 classes) whose outputs are diverse in eval mode.
+
+The command lines that tests call in-process must not retune the test process's malloc
+(``tune_cpu_allocator``): ``SYNTHSETS_TUNE_MALLOC=0`` is set for the whole suite.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,6 +23,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `import hub_server`
+os.environ["SYNTHSETS_TUNE_MALLOC"] = "0"
 
 import synthsets  # noqa: E402
 from hub_server import HubServer  # noqa: E402
