@@ -5,8 +5,9 @@ again. glibc serves big blocks (above a threshold that grows to at most 32 MB) s
 from fresh ``mmap`` pages and unmaps them when they are freed, so every step faults all of
 that memory in again. :func:`tune_cpu_allocator` makes malloc keep such blocks for reuse
 instead. A ConvNet-3 training step (batch 128, 2-core CPU) then took 165-169 ms instead of
-315-336 ms, and a 100-epoch evaluation run 41 s instead of 64 s. The price is memory: the
-process keeps what it freed (that run's peak resident size was 2.9 GB instead of 2.1 GB).
+315-336 ms, and a 100-epoch evaluation run 40-41 s instead of 55-66 s. The price is memory:
+the process keeps what it freed (peak resident size 3.0-3.25 GB instead of 2.1-2.2 GB in
+those runs).
 
 The synthsets command lines (``synthsets.distill``, ``synthsets.evaluate``) and the
 examples call it when they train on a CPU; a library import never does. Set

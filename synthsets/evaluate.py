@@ -375,10 +375,11 @@ def run_protocol(
             (``lr=``, ``schedule=``, ``augment=``, ``cutmix=``, ``test_interval=``...).
         seed: seeds the model's initialisation and the augmentation draws; with the same
             batches, a run is reproducible on the same device.
-        compile: run the model through ``torch.compile`` (the same function up to float
-            rounding). It pays off on long runs: a ConvNet-3 training step was 1.8x faster
-            on a CPU, after about 10 s of compiling; ResNet-18 did not gain. If compiling
-            fails, the run warns and goes on without it.
+        compile: run the training steps through ``torch.compile`` (the same function up
+            to float rounding). On a CPU, a ConvNet-3 step was 1.13x faster with
+            :func:`~synthsets.tune_cpu_allocator` applied (1.7x without it), after about
+            10 s of compiling; ResNet-18 did not gain. If compiling fails, the run warns
+            and goes on without it.
 
     Returns:
         ``final_acc`` (percent, after the last epoch), ``best_acc`` / ``best_epoch`` (over
@@ -1066,8 +1067,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--test-interval", type=int, default=0, help="also test every N epochs (best periodic accuracy reported "
       "separately); default 0: test only after the last epoch")
     a("--device", help="cuda, cuda:1, cpu (default: CUDA when present; under torchrun cuda:LOCAL_RANK)")
-    a("--compile", action="store_true", help="train through torch.compile: the same results, faster on long runs "
-      "(ConvNet-3 on a CPU: 1.8x per step after ~10 s of compiling); falls back with a warning if compiling fails")
+    a("--compile", action="store_true", help="train through torch.compile: the same results, a little faster on "
+      "long runs (ConvNet-3 on a CPU: 1.13x per step after ~10 s of compiling); falls back with a warning if it fails")
     a("--out", help="output folder for results.json, results.md and accuracy_vs_inpc.png")
     a("--resume", action="store_true", help="skip runs already in OUT's results file")
     a("--shard", help="run only slice i of n of the job list (0-based i/n; default under torchrun: RANK/WORLD_SIZE)")
