@@ -58,6 +58,8 @@ def base_parser(name: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=None, help="timed rounds per variant (median reported)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory measurements")
+    p.add_argument("--tune-malloc", action="store_true",
+                   help="apply synthsets.tune_cpu_allocator (as the command lines do on CPU), here and in child processes")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(prog_name=name)
     return p
@@ -75,6 +77,14 @@ def setup(args: argparse.Namespace) -> torch.device:
         torch.backends.cudnn.benchmark = True
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.tune_malloc:
+        from synthsets import allocator
+
+        if not allocator.tune_cpu_allocator():
+            raise SystemExit("--tune-malloc: malloc could not be tuned (not glibc, or MALLOC_* settings already set)")
+        # the same settings for the fresh processes that measure peak memory, and for workers
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(allocator.MMAP_THRESHOLD)
+        os.environ["MALLOC_TRIM_THRESHOLD_"] = str(allocator.TRIM_THRESHOLD)
     torch.manual_seed(args.seed)
     args.device = str(device)
     return device
