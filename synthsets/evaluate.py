@@ -425,7 +425,7 @@ def run_protocol(
             mix = cutmix(x, y, beta=cfg.cutmix_beta, generator=rng) if use_cutmix else None
             if mix is not None:
                 x = mix[0]
-            if net is not model and steps == 0:  # the first compiled step compiles
+            if net is not model:  # compiled: the first step compiles, a new batch shape recompiles
                 try:
                     loss = _forward_backward(net, optimizer, x, y, mix)
                 except Exception as err:
