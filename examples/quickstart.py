@@ -2,9 +2,11 @@
 
     python examples/quickstart.py                      # MNIST generator, ConvNet-3, CPU-friendly
     python examples/quickstart.py --generator cifar10 --model resnet18 --epochs 300
+    python examples/quickstart.py --generator cifar10 --data path/to/cifar10-imagefolder
 
 The bundled generator needs no network. The real test set (for the final accuracy) is
-read from --root, or downloaded there by torchvision when missing and online.
+read from --root, or downloaded there by torchvision when missing and online; --data
+points at another copy (an image folder with train/ and test/).
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--root", default="data", help="real data folder (for the test set)")
+    parser.add_argument("--data", help="real dataset to test on: a torchvision name under --root or an image "
+                        "folder with train/ and test/ (default: the generator's dataset)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -48,8 +52,11 @@ def main() -> None:
         synthsets.tune_cpu_allocator()  # CPU training: keep freed activation memory for reuse (2x faster steps)
     train = synthsets.DiM(args.generator, inpc=args.inpc, seed=args.seed)  # fresh DSA-augmented images every epoch
     print(train)
-    dataset = train.generator.config.dataset
-    real = load_real(dataset, args.root, download=True)
+    dataset = args.data or train.generator.config.dataset
+    try:
+        real = load_real(dataset, args.root, download=True, image_size=train.image_size, channels=train.channels)
+    except (FileNotFoundError, ValueError) as err:  # missing or unreadable data: say so, no traceback
+        raise SystemExit(f"error: {err}") from None
     test_x, test_y = real.test.images.to(train.device), real.test.labels.to(train.device)
 
     model = synthsets.create_model(args.model, train.num_classes, train.channels, train.image_size).to(train.device)
