@@ -25,7 +25,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.01)
-    parser.add_argument("--root", default="data")
+    parser.add_argument("--root", default="data", help="real data folder (for the test set)")
+    parser.add_argument("--data", help="real dataset to test on: a torchvision name under --root or an image "
+                        "folder with train/ and test/ (default: the generator's dataset)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -33,6 +35,11 @@ def main() -> None:
     if not torch.cuda.is_available():
         synthsets.tune_cpu_allocator()  # CPU training: keep freed activation memory for reuse
     train = synthsets.DiM(args.generator, inpc=args.inpc, seed=args.seed)
+    try:  # the real test set first: a missing one should not cost a training run
+        real = load_real(args.data or train.generator.config.dataset, args.root, download=True,
+                         image_size=train.image_size, channels=train.channels)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from None
     # the torchvision way: any DataLoader works; every pass brings fresh images
     loader = DataLoader(train, batch_size=args.batch_size, shuffle=True)
     model = timm.create_model(args.model, pretrained=False, num_classes=train.num_classes, in_chans=train.channels)
@@ -50,7 +57,6 @@ def main() -> None:
         sched.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
 
-    real = load_real(train.generator.config.dataset, args.root, download=True)
     model.eval()
     correct = 0
     with torch.no_grad():

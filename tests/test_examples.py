@@ -13,14 +13,19 @@ import pytest
 from test_distill import CLASSES, write_folder
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-QUICKSTART = REPO_ROOT / "examples" / "quickstart.py"
+EXAMPLES = REPO_ROOT / "examples"
 
 
-def run_quickstart(*args: str) -> subprocess.CompletedProcess:
+def run_example(script: str, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
     env["OMP_NUM_THREADS"] = "1"
-    return subprocess.run([sys.executable, str(QUICKSTART), *args], env=env, capture_output=True, text=True, timeout=240)
+    return subprocess.run([sys.executable, str(EXAMPLES / script), *args], env=env, capture_output=True, text=True,
+                          timeout=240)
+
+
+def run_quickstart(*args: str) -> subprocess.CompletedProcess:
+    return run_example("quickstart.py", *args)
 
 
 @pytest.fixture
@@ -46,8 +51,19 @@ def test_quickstart_trains_and_reports_test_accuracy(generator_folder, tmp_path)
     assert accuracy == pytest.approx(100 * correct / n_test, abs=0.006)  # a whole number of the 15 test images
 
 
-def test_quickstart_reports_missing_data_without_a_traceback(generator_folder, tmp_path):
-    result = run_quickstart("--generator", str(generator_folder), "--data", str(tmp_path / "nowhere"), "--epochs", "1")
+def test_timm_example_trains_and_reports_test_accuracy(generator_folder, tmp_path):
+    data = write_folder(tmp_path / "data", 28, "L", n_train=2, n_test=5)
+    result = run_example("train_timm.py", "--generator", str(generator_folder), "--data", str(data), "--epochs", "2",
+                         "--inpc", "4", "--model", "resnet18")
+    assert result.returncode == 0, result.stderr[-3000:]
+    match = re.search(r"timm resnet18: real test accuracy ([\d.]+)%", result.stdout)
+    assert match, result.stdout[-2000:]
+    assert 0.0 <= float(match.group(1)) <= 100.0
+
+
+@pytest.mark.parametrize("script", ["quickstart.py", "train_timm.py"])
+def test_examples_report_missing_data_without_a_traceback(script, generator_folder, tmp_path):
+    result = run_example(script, "--generator", str(generator_folder), "--data", str(tmp_path / "nowhere"), "--epochs", "1")
     assert result.returncode != 0
     assert "error:" in result.stderr and "nowhere" in result.stderr
     assert "Traceback" not in result.stderr
