@@ -44,7 +44,7 @@ from .augment import DSA
 from .checkpoint import load_checkpoint, optimizer_state, save_checkpoint
 from .cuda_graphs import GraphedStep
 from .data import RealData, load_real
-from .dataset import _mix_seed
+from .dataset import _mix_seed, default_device
 from .discriminator import Discriminator, gradient_penalty
 from .generator import Generator, GeneratorConfig
 from .hub import WeightsError, atomic_write_text
@@ -733,17 +733,13 @@ def _explicit_flags(parser: argparse.ArgumentParser, argv: Sequence[str] | None)
     return set(vars(shadow.parse_args(argv)))
 
 
-def _trains_on_cpu(device: str | None) -> bool:
-    return (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cpu")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     given = _explicit_flags(parser, argv)
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(DistillConfig) if hasattr(args, f.name)}
     config = apply_preset(DistillConfig(**values), explicit=given)
-    if _trains_on_cpu(config.device):
+    if (torch.device(config.device) if config.device else default_device()).type == "cpu":
         tune_cpu_allocator()  # a command line owns its process: keep freed memory for reuse
     try:
         out = _run(config, resume=args.resume)  # the preset is applied already (explicit flags win)

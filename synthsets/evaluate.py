@@ -1137,7 +1137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torchrun = args.shard is None and world > 1
         if device is None and torch.cuda.is_available():
             device = f"cuda:{local_rank}" if torchrun else "cuda"
-        if str(device or "cpu").startswith("cpu"):
+        if (torch.device(device) if device else default_device()).type == "cpu":
             tune_cpu_allocator()  # a command line owns its process: keep freed memory for reuse
         sources = [Source.from_spec(spec) for spec in args.generators]
     except (ValueError, FileNotFoundError) as err:
