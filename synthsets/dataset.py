@@ -44,6 +44,35 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """The device to run on: ``device`` checked, or :func:`default_device` when ``None``.
+
+    Raises ``ValueError`` naming the problem and the fix for a name torch does not know,
+    for CUDA on a machine without it, and for a CUDA index the machine does not have.
+    """
+    if device is None:
+        return default_device()
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(
+            f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N' (or leave it unset for CUDA when present, else CPU)"
+        ) from err
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device {str(device)!r} was asked for but CUDA is not available on this machine: "
+                "use 'cpu' (or leave the device unset)"
+            )
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(
+                f"device {str(device)!r} does not exist: this machine has {count} CUDA device(s), "
+                f"cuda:0 to cuda:{count - 1}"
+            )
+    return dev
+
+
 def _dist_rank_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -188,7 +217,7 @@ class SyntheticDataset(Dataset):
                 f"the generator's weights are {', '.join(sorted(dtypes))}; keep them in float32 (generator.float()) "
                 "and pass generation_dtype='bf16' or 'fp16' to generate in lower precision"
             )
-        self.device = torch.device(device) if device is not None else default_device()
+        self.device = resolve_device(device)
         generator = generator.to(self.device).eval()
         # channels_last on CPU, where oneDNN generates 1.4-1.6x faster in it
         generator = generator.to(memory_format=preferred_memory_format(generator, self.device))

@@ -44,7 +44,7 @@ from .augment import DSA
 from .checkpoint import load_checkpoint, optimizer_state, save_checkpoint
 from .cuda_graphs import GraphedStep
 from .data import RealData, load_real
-from .dataset import _mix_seed, default_device
+from .dataset import _mix_seed, resolve_device
 from .discriminator import Discriminator, gradient_penalty
 from .generator import Generator, GeneratorConfig
 from .hub import WeightsError, atomic_write_text
@@ -171,17 +171,12 @@ def _average_buffers(module: nn.Module, world: int) -> None:
 def _setup_distributed(device: str | None) -> tuple[torch.device, int, int, bool]:
     """Initialise torch.distributed under torchrun; pick the device."""
     started = False
+    dev = resolve_device(device)  # a bad device fails before joining the process group
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ and not torch.distributed.is_initialized():
-        want_cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
-        torch.distributed.init_process_group("nccl" if want_cuda else "gloo")
+        torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo")
         started = True
     rank, world = _dist()
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
     if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda was asked for but CUDA is not available; use --device cpu")
         local = int(os.environ.get("LOCAL_RANK", 0))
         dev = torch.device("cuda", local if world > 1 else (dev.index or 0))
         torch.cuda.set_device(dev)
@@ -739,9 +734,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     given = _explicit_flags(parser, argv)
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(DistillConfig) if hasattr(args, f.name)}
     config = apply_preset(DistillConfig(**values), explicit=given)
-    if (torch.device(config.device) if config.device else default_device()).type == "cpu":
-        tune_cpu_allocator()  # a command line owns its process: keep freed memory for reuse
     try:
+        if resolve_device(config.device).type == "cpu":
+            tune_cpu_allocator()  # a command line owns its process: keep freed memory for reuse
         out = _run(config, resume=args.resume)  # the preset is applied already (explicit flags win)
     except (FileNotFoundError, FileExistsError, ValueError, WeightsError) as err:
         print(f"error: {err}", file=sys.stderr)

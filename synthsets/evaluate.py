@@ -53,7 +53,7 @@ from torch import Tensor, nn
 from .allocator import tune_cpu_allocator
 from .augment import DSA, cutmix
 from .data import RealData, RealSplit, load_real
-from .dataset import SyntheticDataset, _make_augment, _mix_seed, default_device
+from .dataset import SyntheticDataset, _make_augment, _mix_seed, resolve_device
 from .generator import Generator
 from .models import create_model, preferred_memory_format
 
@@ -237,7 +237,7 @@ def fixed_batches(
     device: str | torch.device | None = None,
 ) -> BatchFn:
     """``epoch -> batches`` over a fixed image set: shuffled passes until ``n_images`` (default: one pass)."""
-    dev = torch.device(device) if device is not None else images.device
+    dev = resolve_device(device) if device is not None else images.device
     images, labels = images.to(dev), labels.to(dev)
     n = len(labels)
     if n == 0:
@@ -264,7 +264,7 @@ def sampled_batches(
     device: str | torch.device | None = None,
 ) -> BatchFn:
     """``epoch -> batches`` of ``n_images`` real images drawn fresh each epoch (class-balanced)."""
-    dev = torch.device(device) if device is not None else split.images.device
+    dev = resolve_device(device) if device is not None else split.images.device
     images, labels = split.images.to(dev), split.labels.to(dev)
     by_class = [torch.nonzero(labels == c).flatten() for c in range(num_classes)]
     if any(len(idx) == 0 for idx in by_class):
@@ -387,7 +387,7 @@ def run_protocol(
         pairs), ``epochs``, ``steps``, ``images_seen``, ``final_loss`` and ``seconds``.
     """
     cfg = _config_with(config, epochs=epochs, **overrides)
-    dev = torch.device(device) if device is not None else default_device()
+    dev = resolve_device(device)
     torch.manual_seed(_mix_seed(seed, 21))
     model = create_model(model_name, num_classes, channels, image_size, **(model_kwargs or {})).to(dev)
     model = model.to(memory_format=preferred_memory_format(model, dev))  # channels_last on CPU where faster
@@ -575,7 +575,7 @@ def evaluate_source(
         raise ValueError(f"real data {real.name!r} has no test split (an image folder needs a test/ sub-folder)")
     _check_compatible(source, real)
     cfg = _config_with(config, **overrides)
-    dev = torch.device(device) if device is not None else default_device()
+    dev = resolve_device(device)
     run_ids = list(range(runs)) if isinstance(runs, int) else list(runs)
     test = real.test.to(dev)
     n_images = images_per_epoch(real.num_classes, inpc, cfg.batch_size, cfg.epoch_images)
@@ -1137,7 +1137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torchrun = args.shard is None and world > 1
         if device is None and torch.cuda.is_available():
             device = f"cuda:{local_rank}" if torchrun else "cuda"
-        if (torch.device(device) if device else default_device()).type == "cpu":
+        if resolve_device(device).type == "cpu":
             tune_cpu_allocator()  # a command line owns its process: keep freed memory for reuse
         sources = [Source.from_spec(spec) for spec in args.generators]
     except (ValueError, FileNotFoundError) as err:

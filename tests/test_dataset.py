@@ -561,6 +561,32 @@ def test_bad_arguments(gen, kwargs, error, match):
         SyntheticDataset(gen, 1, **kwargs)
 
 
+def test_resolve_device(monkeypatch):
+    from synthsets.dataset import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device(None) == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"unknown device 'gpu0': use 'cpu', 'cuda' or 'cuda:N'"):
+        resolve_device("gpu0")
+    with pytest.raises(ValueError, match=r"'cuda:1' was asked for but CUDA is not available .* use 'cpu'"):
+        resolve_device("cuda:1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device(None) == torch.device("cuda") and resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(ValueError, match=r"'cuda:2' does not exist: this machine has 2 CUDA device\(s\), cuda:0 to cuda:1"):
+        resolve_device("cuda:2")
+
+
+@pytest.mark.parametrize("device,match", [("foo", "unknown device 'foo'"), ("cuda:99", "cuda:99")])
+def test_bad_device(gen, device, match):
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        match = "CUDA is not available"
+    with pytest.raises(ValueError, match=match):
+        SyntheticDataset(gen, 1, device=device)
+
+
 @pytest.mark.parametrize("generator", [None, "mnist", torch.nn.Linear(100, 10)])
 def test_generator_must_be_a_generator(generator):
     with pytest.raises(TypeError, match="generator must be a synthsets.Generator"):

@@ -123,6 +123,15 @@ def test_cli_asks_for_image_size(tmp_path, capsys):
     assert "--image-size" in capsys.readouterr().err
 
 
+def test_cli_reports_bad_device(tmp_path, capsys):
+    folder = write_folder(tmp_path / "small", 28, "L", n_train=3, n_test=1)
+    rc = main(["--data", str(folder), "--out", str(tmp_path / "out"), "--preset", "tiny", "--device", "foo", "--no-progress"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown device 'foo'") and "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # nothing written for a run that cannot start
+
+
 def test_load_real_missing_folder(tmp_path):
     missing = tmp_path / "no" / "such" / "folder"
     with pytest.raises(DataNotFoundError, match="looked for the folder") as info:

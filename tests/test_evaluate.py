@@ -477,3 +477,6 @@ def test_cli_errors(tmp_path, capsys):
     assert "--generator" in capsys.readouterr().err
     assert main(["--baselines", "random-real", "--data", str(tmp_path / "missing"), "--no-progress"]) == 2
     assert main(["merge", str(tmp_path / "nothing")]) == 2
+    capsys.readouterr()
+    assert main(["--baselines", "random-real", "--device", "foo", "--no-progress"]) == 2
+    assert capsys.readouterr().err.startswith("error: unknown device 'foo'")
