@@ -214,7 +214,32 @@ def build_parser():
     p.add_argument("--steps1", type=int, help="generator steps per timed stage-1 epoch")
     p.add_argument("--steps2", type=int, help="generator steps per timed stage-2 epoch")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--profile", action="store_true",
+                   help="also profile one stage-1 epoch of the library without CUDA graphs and report "
+                        "the operators that take the most time (self time, on the device on CUDA)")
     return p
+
+
+def profile_stage1(device: torch.device, preset: str, steps: int, n: int, seed: int, top: int = 15) -> list[dict[str, Any]]:
+    """The ``top`` operators of one stage-1 epoch of the (graph-less) library, by self time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    trainer, _ = build_variant("library-eager", str(device), preset, steps, 1, n, seed)
+    trainer.run_epoch(0)  # warm-up: algorithm choice, allocator
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        trainer.run_epoch(1)
+        C.sync(device)
+    events = [e for e in prof.key_averages() if not e.key.startswith("ProfilerStep")]
+    self_us = (lambda e: e.self_device_time_total) if cuda else (lambda e: e.self_cpu_time_total)
+    total = sum(self_us(e) for e in events) or 1.0
+    ranked = sorted(events, key=self_us, reverse=True)[:top]
+    return [
+        {"op": e.key[:60], "calls": e.count, "self_ms_per_step": round(self_us(e) / 1000 / steps, 3),
+         "share_pct": round(100 * self_us(e) / total, 1)}
+        for e in ranked
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -284,6 +309,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             ("speedup_vs_naive", "speed-up vs naive", ".2f"), ("peak_mb", "peak MB", ".0f"),
         ])
     results = {"rows": rows, "equivalence": equivalence, "config": cfg.to_json()}
+    if args.profile:
+        results["profile_stage1"] = profile_stage1(device, args.preset, args.steps1, n, args.seed)
+        where = "device" if not cpu else "CPU"
+        C.print_table(f"Stage-1 step of the library without CUDA graphs: top operators by {where} self time",
+                      results["profile_stage1"], [
+                          ("op", "operator", ""), ("calls", "calls", ""), ("self_ms_per_step", "self ms / step", ".2f"),
+                          ("share_pct", "% of self time", ".1f"),
+                      ])
     C.write_json(args.json, "distill_step", args, device, results)
     return results
 

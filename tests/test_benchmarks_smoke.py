@@ -83,8 +83,14 @@ def test_dsa(tmp_path, capsys, one_thread):
 
 
 def test_distill_step(tmp_path, capsys, one_thread):
-    data, printed = _run("distill_step", tmp_path, capsys, one_thread + ["--no-memory"])
+    data, printed = _run("distill_step", tmp_path, capsys, one_thread + ["--no-memory", "--profile"])
     assert any("naive" in line for line in _table_rows(printed))
+    # --profile: the top operators of a stage-1 epoch, convolutions among them, by falling self time
+    profile = data["profile_stage1"]
+    assert 5 <= len(profile) <= 15 and any("convolution" in row["op"] for row in profile)
+    shares = [row["share_pct"] for row in profile]
+    assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 100.5
+    assert "top operators by CPU self time" in printed
     _positive(data["rows"], "ms_per_step", "speedup_vs_naive")
     assert {(r["stage"], r["variant"]) for r in data["rows"]} == {
         (s, v) for s in (1, 2) for v in ("library", "naive")
