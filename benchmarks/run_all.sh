@@ -47,6 +47,9 @@ step distill_step 240 $PY -m benchmarks.distill_step --device "$DEVICE" --profil
 step generation 130 $PY -m benchmarks.generation --device "$DEVICE" --json "$OUTDIR/generation.json" $TINY
 step loader 70 $PY -m benchmarks.loader --device "$DEVICE" --json "$OUTDIR/loader.json" $TINY
 step dsa 70 $PY -m benchmarks.dsa --device "$DEVICE" --json "$OUTDIR/dsa.json" $TINY
+if [ "${DEVICE%%:*}" = cpu ]; then  # AvgPool2x2 is nn.AvgPool2d off the CPU
+  step pooling 120 $PY -m benchmarks.pooling --device "$DEVICE" --json "$OUTDIR/pooling.json" $TINY
+fi
 step generation-compile 150 $PY -m benchmarks.generation --device "$DEVICE" --compile --skip fraction loader_overhead \
   --widths 196 --dtypes fp32 bf16 --no-memory --json "$OUTDIR/generation_compile.json" $TINY
 echo "finished at $(( $(date +%s) - T0 ))s" | tee -a "$LOG"

@@ -105,6 +105,16 @@ def test_loader(tmp_path, capsys, one_thread):
     _positive([r for r in data["rows"] if r["path"].startswith("DataLoader")], "per_item_us")
 
 
+def test_pooling(tmp_path, capsys, one_thread):
+    data, printed = _run("pooling", tmp_path, capsys, one_thread)
+    assert any("AvgPool2x2" in line for line in _table_rows(printed))
+    _positive(data["layer"] + data["models"], "ms", "speedup")
+    assert {(r["size"], r["layout"], r["direction"]) for r in data["layer"]} == {
+        (s, l, d) for s in (32, 16, 8) for l in ("standard", "channels_last") for d in ("forward", "forward+backward")
+    }
+    assert data["same"]["output_max_abs"] <= 2.5e-7 and data["same"]["grad_max_abs"] == 0.0
+
+
 def test_scripts_also_run_as_files(tmp_path):
     """``python benchmarks/loader.py`` works like ``python -m benchmarks.loader``, from any
     folder, peak-memory child process included."""

@@ -230,15 +230,16 @@ def test_channels_last_trains_the_same_model(channels, image_size):
 
 
 # -- AvgPool2x2: the CPU fast path of the 2x2 average pooling ------------------------------------
-@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize("shape", [(3, 4, 8, 6), (2, 5, 28, 28), (1, 1, 2, 2)])
-def test_avgpool2x2_is_avg_pool2d(shape, memory_format):
-    pool = AvgPool2x2()
-    x = torch.randn(*shape, dtype=torch.double).contiguous(memory_format=memory_format).requires_grad_()
-    assert torch.autograd.gradcheck(pool, (x,)) and torch.autograd.gradgradcheck(pool, (x,))
-    xf = torch.randn(*shape).contiguous(memory_format=memory_format).requires_grad_()
-    out, ref = pool(xf), nn.functional.avg_pool2d(xf, 2)
-    assert out.shape == ref.shape and out.is_contiguous(memory_format=memory_format) == ref.is_contiguous(memory_format=memory_format)
+def test_avgpool2x2_cpu_function_is_avg_pool2d(shape):
+    from synthsets.models import _AvgPool2x2Cpu
+
+    x = torch.randn(*shape, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(_AvgPool2x2Cpu.apply, (x,))
+    assert torch.autograd.gradgradcheck(_AvgPool2x2Cpu.apply, (x,))
+    xf = torch.randn(*shape, requires_grad=True)
+    out, ref = _AvgPool2x2Cpu.apply(xf), nn.functional.avg_pool2d(xf, 2)
+    assert out.shape == ref.shape and out.is_contiguous()
     assert (out - ref).abs().max() <= 2.5e-7  # the same four terms, added in another order
     g = torch.randn_like(ref)
     assert torch.equal(torch.autograd.grad(out, xf, g)[0], torch.autograd.grad(ref, xf, g)[0])
@@ -249,13 +250,25 @@ def test_avgpool2x2_fast_path_and_fallback(monkeypatch):
     monkeypatch.setattr(nn.AvgPool2d, "forward", lambda self, x: calls.append(tuple(x.shape)) or torch.zeros(()))
     pool = AvgPool2x2()
     assert isinstance(pool, nn.AvgPool2d) and (pool.kernel_size, pool.stride, pool.padding) == (2, 2, 0)
-    pool(torch.randn(2, 3, 8, 8))
-    pool(torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last))
-    assert calls == []  # CPU, even sizes, either layout: the fast path
-    pool(torch.randn(2, 3, 7, 8))  # odd height: nn.AvgPool2d (floor mode)
-    pool(torch.randn(2, 3, 8, 8)[:, :, :, ::2].expand(2, 3, 8, 4))  # neither layout
-    pool(torch.randn(3, 8, 8))  # unbatched
-    assert calls == [(2, 3, 7, 8), (2, 3, 8, 4), (3, 8, 8)]
+    big = (8, 16, 16, 16)  # 32k elements
+    pool(torch.randn(*big))
+    assert calls == []  # CPU, NCHW, even sizes, large enough: the fast path
+    pool(torch.randn(*big).contiguous(memory_format=torch.channels_last))  # torch's CL kernel is fast
+    pool(torch.randn(8, 16, 16, 15))  # odd width: nn.AvgPool2d (floor mode)
+    pool(torch.randn(2, 3, 8, 8))  # small: one kernel call is cheaper
+    pool(torch.randn(8, 16, 16, 32)[..., ::2])  # not contiguous
+    pool(torch.randn(16, 16, 16))  # unbatched
+    assert calls == [big, (8, 16, 16, 15), (2, 3, 8, 8), (8, 16, 16, 16), (16, 16, 16)]
+
+
+def test_avgpool2x2_module_matches_avgpool2d_both_layouts():
+    pool, ref_pool = AvgPool2x2(), nn.AvgPool2d(2, 2)
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(8, 16, 16, 16).contiguous(memory_format=memory_format).requires_grad_()
+        out, ref = pool(x), ref_pool(x)
+        assert out.is_contiguous(memory_format=memory_format) and (out - ref).abs().max() <= 2.5e-7
+        g = torch.randn_like(ref)
+        assert torch.equal(torch.autograd.grad(out, x, g)[0], torch.autograd.grad(ref, x, g)[0])
 
 
 @pytest.mark.parametrize("name", ["convnet3", "resnet10_ap"])
