@@ -7,8 +7,8 @@ Variants, both built from the same in-memory synthetic ``RealData`` and the same
   ``cat([real, fake])`` (valid: the discriminator's LayerNorm normalises each sample on
   its own, so a sample's output does not depend on the rest of the batch) on CUDA,
   returns the step losses as detached device tensors and sums them on the device, with
-  one host synchronisation per epoch; on CPU its generator and BatchNorm pool models run
-  in channels_last, where oneDNN is faster;
+  one host synchronisation per epoch; on CPU its generator, discriminator and BatchNorm
+  pool models run in channels_last, where oneDNN is faster;
 * ``naive``: :class:`benchmarks.naive_distill.NaiveDistiller`, the same maths written
   research-code style: real data indexed on the CPU and copied, noise and other random
   draws made on the CPU and copied, small tensors re-created each step, separate
@@ -58,17 +58,19 @@ def _eager_distiller(config: DistillConfig, real: RealData) -> Distiller:
 
 
 def _channels_last_distiller(config: DistillConfig, real: RealData) -> Distiller:
-    """The library with its generator in channels_last on CUDA as well (an experiment:
-    the library uses that layout on CPU only, where it was measured to be faster)."""
+    """The library with its generator and discriminator in channels_last on CUDA as well
+    (an experiment: the library uses that layout on CPU only, where it was measured to be
+    faster)."""
     trainer = Distiller(config, real)
-    trainer.G.to(memory_format=torch.channels_last)  # Adam's state is created lazily, in the same layout
+    for model in (trainer.G, trainer.D):  # Adam's state is created lazily, in the same layout
+        model.to(memory_format=torch.channels_last)
     return trainer
 
 
 VARIANTS: dict[str, Callable[[DistillConfig, RealData], Any]] = {
     "library": Distiller,  # CUDA: every step replayed as a CUDA graph
     "library-eager": _eager_distiller,  # CUDA only: the same code without graphs
-    "library-cl": _channels_last_distiller,  # CUDA only: the generator in channels_last
+    "library-cl": _channels_last_distiller,  # CUDA only: generator and discriminator in channels_last
     "naive": NaiveDistiller,
 }
 CPU_SAME_AS_LIBRARY = ("library-eager", "library-cl")  # no graphs on CPU; G already channels_last there

@@ -3,9 +3,29 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 STRIDES = (1, 2, 1, 2, 1, 1, 1, 2)
+
+
+class SampleLayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm([C, H, W])``: each sample normalised over all its values, with an
+    elementwise affine map. It also takes channels_last input as it is, without copying
+    it to the standard layout: the mean and variance of a sample do not depend on the
+    order of its values, so it normalises the (N, H, W, C) view with the affine
+    parameters permuted to match, and returns a channels_last result."""
+
+    layout_agnostic = True  # synthsets.preferred_memory_format may pick channels_last
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            c, h, w = self.normalized_shape
+            weight = self.weight.permute(1, 2, 0) if self.weight is not None else None
+            bias = self.bias.permute(1, 2, 0) if self.bias is not None else None
+            out = F.layer_norm(x.permute(0, 2, 3, 1), (h, w, c), weight, bias, self.eps)
+            return out.permute(0, 3, 1, 2)
+        return super().forward(x)
 
 
 def _out_size(size: int, stride: int) -> int:
@@ -22,7 +42,7 @@ class Discriminator(nn.Module):
         size, in_ch = image_size, channels
         for stride in STRIDES:
             size = _out_size(size, stride)
-            layers += [nn.Conv2d(in_ch, width, 3, stride, 1), nn.LayerNorm([width, size, size]), nn.LeakyReLU(0.2)]
+            layers += [nn.Conv2d(in_ch, width, 3, stride, 1), SampleLayerNorm([width, size, size]), nn.LeakyReLU(0.2)]
             in_ch = width
         if size != 4:
             raise ValueError(f"image_size {image_size} gives {size}x{size} features; use 28 or 32")

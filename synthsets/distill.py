@@ -282,6 +282,7 @@ class Distiller:
         self.G = Generator(gen_config).to(self.device)
         self.G.to(memory_format=preferred_memory_format(self.G, self.device))  # channels_last on CPU
         self.D = Discriminator(self.num_classes, real.channels, real.image_size, config.disc_width).to(self.device)
+        self.D.to(memory_format=preferred_memory_format(self.D, self.device))  # channels_last on CPU
         # CUDA graphs need the optimisers' step counters on the device (capturable Adam)
         self.use_cuda_graphs = config.cuda_graphs and self.device.type == "cuda" and self.world == 1
         extra = {"capturable": True} if self.use_cuda_graphs else {}

@@ -148,8 +148,10 @@ def preferred_memory_format(model: nn.Module, device: torch.device | str) -> tor
     On a CPU, oneDNN's convolutions are faster in channels_last (NHWC): a training step
     of the ResNets and AlexNet is 1.1-1.4x faster, a generator forward 1.4-1.6x (measured
     on 2 cores, batch 128). Models with GroupNorm/InstanceNorm/LayerNorm stay in the
-    standard layout, and so does everything on CUDA, where the standard layout is what
-    the GPU figures were measured with. Either layout computes the same function.
+    standard layout (except for norms marked ``layout_agnostic``, such as the DiM
+    discriminator's :class:`~synthsets.discriminator.SampleLayerNorm`), and so does
+    everything on CUDA, where the standard layout is what the GPU figures were measured
+    with. Either layout computes the same function.
 
         >>> model = model.to(memory_format=preferred_memory_format(model, "cpu"))
     """
@@ -157,7 +159,7 @@ def preferred_memory_format(model: nn.Module, device: torch.device | str) -> tor
     modules = list(model.modules())
     if device.type != "cpu" or not any(isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) for m in modules):
         return torch.contiguous_format
-    if any(isinstance(m, _NCHW_NORMS) for m in modules):
+    if any(isinstance(m, _NCHW_NORMS) and not getattr(m, "layout_agnostic", False) for m in modules):
         return torch.contiguous_format
     return torch.channels_last
 

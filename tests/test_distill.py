@@ -390,11 +390,11 @@ def test_cudnn_benchmark_is_on_during_steps_only(trainer, monkeypatch):
 
 
 def test_cpu_layouts(trainer):
-    """On a CPU the generator and BatchNorm pool models train in channels_last (faster
-    there); the discriminator, whose LayerNorm works in the standard layout, does not."""
+    """On a CPU the generator, the discriminator (whose LayerNorm takes either layout) and
+    BatchNorm pool models train in channels_last (faster there)."""
     cl = torch.channels_last
     assert all(m.weight.is_contiguous(memory_format=cl) for m in trainer.G.modules() if isinstance(m, torch.nn.Conv2d))
-    assert all(m.weight.is_contiguous() for m in trainer.D.modules() if isinstance(m, torch.nn.Conv2d))
+    assert all(m.weight.is_contiguous(memory_format=cl) for m in trainer.D.modules() if isinstance(m, torch.nn.Conv2d))
     trainer.cfg.pool = ("resnet10",)
     model, _, _ = trainer._new_pool_model(trainer.cfg.stage1_epochs)
     assert next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d)).weight.is_contiguous(memory_format=cl)
