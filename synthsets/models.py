@@ -100,10 +100,16 @@ class _AvgPool2x2Cpu(torch.autograd.Function):
         return g[:, :, :, None, :].expand(n, c, h // 2, 2, w).reshape(n, c, h, w)
 
 
+def _capturing_graph() -> bool:
+    """Whether the model is being traced, compiled or exported (these should see torch's own ops)."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
+
+
 class AvgPool2x2(nn.AvgPool2d):
     """``nn.AvgPool2d(2, 2)``, faster on CPU for NCHW activations (see
-    :class:`_AvgPool2x2Cpu`); on other devices, in channels_last (where torch's own CPU
-    kernel is fast), for small or odd-sized inputs it is ``nn.AvgPool2d`` itself."""
+    :class:`_AvgPool2x2Cpu`). On other devices, in channels_last (where torch's own CPU
+    kernel is fast), for small or odd-sized inputs, and while the model is traced,
+    compiled or exported, it is ``nn.AvgPool2d`` itself."""
 
     MIN_ELEMENTS = 1 << 15  # below this, one kernel call beats the few small operations
 
@@ -119,6 +125,7 @@ class AvgPool2x2(nn.AvgPool2d):
             and x.numel() >= self.MIN_ELEMENTS
             and x.is_floating_point()
             and x.is_contiguous()  # NCHW; channels_last goes to torch's own (fast) kernel
+            and not _capturing_graph()
         ):
             return _AvgPool2x2Cpu.apply(x)
         return super().forward(x)

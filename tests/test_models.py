@@ -271,6 +271,23 @@ def test_avgpool2x2_module_matches_avgpool2d_both_layouts():
         assert torch.equal(torch.autograd.grad(out, x, g)[0], torch.autograd.grad(ref, x, g)[0])
 
 
+def test_avgpool2x2_leaves_graph_capture_to_torch(monkeypatch):
+    """torch.export (and torch.compile, tracing) see the standard pooling operator."""
+    import synthsets.models as models
+
+    model = create_model("convnet3", 10, 3, 32).eval()
+    x = torch.randn(4, 3, 32, 32)
+    exported = torch.export.export(model, (x,))
+    assert sum("avg_pool2d" in str(node.target) for node in exported.graph.nodes) == 3
+    torch.testing.assert_close(exported.module()(x), model(x), rtol=0, atol=1e-6)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert models._capturing_graph()
+    calls = []
+    monkeypatch.setattr(nn.AvgPool2d, "forward", lambda self, x: calls.append(1) or nn.functional.avg_pool2d(x, 2))
+    AvgPool2x2()(torch.randn(8, 16, 16, 16))
+    assert calls == [1]
+
+
 @pytest.mark.parametrize("name", ["convnet3", "resnet10_ap"])
 def test_models_pool_with_avgpool2x2(name):
     """The models that average-pool use AvgPool2x2, which holds no weights: state dicts
