@@ -70,6 +70,13 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
                 f"device {str(device)!r} does not exist: this machine has {count} CUDA device(s), "
                 f"cuda:0 to cuda:{count - 1}"
             )
+    elif dev.type not in ("cpu", "meta"):  # mps, xpu...: torch.<type>.is_available() where torch has it
+        backend = getattr(torch, dev.type, None)
+        if backend is not None and hasattr(backend, "is_available") and not backend.is_available():
+            raise ValueError(
+                f"device {str(device)!r} was asked for but {dev.type} is not available on this machine: "
+                "use 'cpu' (or leave the device unset)"
+            )
     return dev
 
 

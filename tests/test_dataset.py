@@ -572,6 +572,9 @@ def test_resolve_device(monkeypatch):
         resolve_device("gpu0")
     with pytest.raises(ValueError, match=r"'cuda:1' was asked for but CUDA is not available .* use 'cpu'"):
         resolve_device("cuda:1")
+    monkeypatch.setattr(torch.xpu, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"'xpu' was asked for but xpu is not available .* use 'cpu'"):
+        resolve_device("xpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert resolve_device(None) == torch.device("cuda") and resolve_device("cuda:1") == torch.device("cuda", 1)
