@@ -41,7 +41,7 @@ step() {  # step NAME LIMIT_SECONDS COMMAND...
 } 2>&1 | tee -a "$LOG"
 
 if [ "${DEVICE%%:*}" = cuda ]; then
-  step cuda-tests 90 $PY -m pytest -q -p no:cacheprovider tests/test_cuda_graphs.py tests/test_augment.py tests/test_dataset.py -k "cuda or graph"
+  step cuda-tests 90 $PY -m pytest -q -p no:cacheprovider tests/test_cuda_graphs.py tests/test_augment.py tests/test_dataset.py tests/test_discriminator.py -k "cuda or graph"
 fi
 step distill_step 240 $PY -m benchmarks.distill_step --device "$DEVICE" --profile --json "$OUTDIR/distill_step.json" $TINY
 step generation 130 $PY -m benchmarks.generation --device "$DEVICE" --json "$OUTDIR/generation.json" $TINY

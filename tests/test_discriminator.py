@@ -49,21 +49,25 @@ def test_discriminator_prefers_channels_last_on_cpu_only():
     assert preferred_memory_format(nn.Sequential(nn.Conv2d(3, 4, 3), nn.LayerNorm([4, 30, 30])), "cpu") is torch.contiguous_format
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("channels,size", [(1, 28), (3, 32)])
-def test_gradient_penalty_is_the_same_in_either_layout(channels, size):
+def test_gradient_penalty_is_the_same_in_either_layout(channels, size, device):
     """Same scores, penalty and parameter gradients whichever layout D and its inputs are in
     (float64, where the different summation orders leave no visible difference)."""
     torch.manual_seed(0)
-    real = torch.randn(4, channels, size, size, dtype=torch.double)
-    fake = torch.randn(4, channels, size, size, dtype=torch.double)
+    real = torch.randn(4, channels, size, size, dtype=torch.double, device=device)
+    fake = torch.randn(4, channels, size, size, dtype=torch.double, device=device)
     results = []
     for layout in (torch.contiguous_format, CL):
         torch.manual_seed(1)
-        D = Discriminator(10, channels, size, width=8).double().to(memory_format=layout)
+        D = Discriminator(10, channels, size, width=8).double().to(device, memory_format=layout)
         r, f = real.contiguous(memory_format=layout), fake.contiguous(memory_format=layout)
-        torch.manual_seed(2)
+        gen = torch.Generator(device).manual_seed(2)  # the same mixing weights for both layouts
         score, logits = D(r)
-        gp = gradient_penalty(D, r, f)
+        gp = gradient_penalty(D, r, f, generator=gen)
         (score.mean() + logits.square().mean() + 10 * gp).backward()
         results.append([score.detach(), gp.detach()] + [p.grad for p in D.parameters()])
     for a, b in zip(*results):
