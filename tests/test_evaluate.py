@@ -248,6 +248,47 @@ def test_compile_trains_the_same_model(real):
     assert compiled["final_loss"] == pytest.approx(eager["final_loss"], rel=1e-2, abs=1e-3)
 
 
+def test_generation_dtype_is_used_and_recorded(real, gen, monkeypatch):
+    import synthsets.evaluate as evaluate_mod
+
+    seen = []
+    original = evaluate_mod.SyntheticDataset
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("generation_dtype"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate_mod, "SyntheticDataset", spy)
+    config = ProtocolConfig(epochs=1)
+    (fp32,) = evaluate_source(gen, real, 2, "convnet3", config=config, device="cpu", model_kwargs=TINY)
+    (bf16,) = evaluate_source(gen, real, 2, "convnet3", config=config, device="cpu", model_kwargs=TINY, generation_dtype="bf16")
+    (baseline,) = evaluate_source("random-real", real, 2, "convnet3", config=config, device="cpu", model_kwargs=TINY,
+                                  generation_dtype="bf16")
+    assert seen == [None, torch.bfloat16]  # the baseline generates nothing
+    assert "generation_dtype" not in fp32["settings"] and "generation_dtype" not in baseline["settings"]
+    assert bf16["settings"]["generation_dtype"] == "bfloat16"
+    assert bf16["final_loss"] != fp32["final_loss"]  # other images, another run
+    assert "images generated in bfloat16, not float32" in markdown_table([bf16, baseline])
+    assert "generated in" not in markdown_table([fp32, baseline])
+    with pytest.warns(UserWarning, match="used different settings"):  # never averaged with float32 runs unnoticed
+        markdown_table([fp32, {**bf16, "run": 1}])
+    with pytest.raises(ValueError, match="generation_dtype must be"):
+        evaluate([gen], real=real, inpc=[2], runs=1, config=config, device="cpu", progress=False, generation_dtype="int8")
+
+
+def test_cli_passes_generation_dtype(monkeypatch, tmp_path):
+    import synthsets.evaluate as evaluate_mod
+
+    captured = {}
+    monkeypatch.setattr(evaluate_mod, "evaluate", lambda *a, **kw: captured.update(kw) or [])
+    gen_dir = tmp_path / "g"
+    tiny_generator().save_pretrained(gen_dir)
+    assert main(["--generator", str(gen_dir), "--device", "cpu", "--no-progress", "--generation-dtype", "bf16"]) == 0
+    assert captured["generation_dtype"] == "bf16"
+    assert main(["--generator", str(gen_dir), "--device", "cpu", "--no-progress"]) == 0
+    assert captured["generation_dtype"] == "fp32"  # the protocol's default
+
+
 def test_run_is_reproducible_with_a_seed(real, gen):
     def once(seed):
         batches = generator_batches(gen, 2, mean=real.mean, std=real.std, batch_size=8, epoch_images="exact", seed=seed, device="cpu")
