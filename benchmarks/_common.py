@@ -265,6 +265,24 @@ def training_model(name: str, num_classes: int, device: torch.device | str) -> t
     return model.to(memory_format=preferred_memory_format(model, device))
 
 
+def stock_layers(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with synthsets' faster drop-in layers swapped for the stock torch ones
+    they stand for (``AvgPool2x2`` -> ``nn.AvgPool2d(2, 2)``, ``SampleLayerNorm`` ->
+    ``nn.LayerNorm`` with the same parameters), as research code would build it."""
+    from synthsets.discriminator import SampleLayerNorm
+    from synthsets.models import AvgPool2x2
+
+    for module in list(model.modules()):
+        for key, child in list(module._modules.items()):
+            if isinstance(child, AvgPool2x2):
+                module._modules[key] = torch.nn.AvgPool2d(kernel_size=2, stride=2)
+            elif isinstance(child, SampleLayerNorm):
+                plain = torch.nn.LayerNorm(child.normalized_shape, eps=child.eps, elementwise_affine=child.elementwise_affine)
+                plain.load_state_dict(child.state_dict())
+                module._modules[key] = plain.to(next(child.parameters()).device)
+    return model
+
+
 def sgd(model: torch.nn.Module) -> torch.optim.Optimizer:
     """The paper's evaluation optimiser (SGD lr 0.01, momentum 0.9, weight decay 5e-4)."""
     return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)

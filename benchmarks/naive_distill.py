@@ -5,6 +5,11 @@ It has the same maths as :class:`synthsets.distill.Distiller` (the same Generato
 Discriminator, DSA and pool models, the same losses, optimisers, seeds and order of
 random draws) but is written the way research code often is:
 
+* the models are built from stock torch layers: ``nn.AvgPool2d`` in the pool models and
+  ``nn.LayerNorm`` in the discriminator, where the library has its faster drop-ins
+  ``AvgPool2x2`` and ``SampleLayerNorm`` (``benchmarks._common.stock_layers``), and they
+  stay in the standard memory layout;
+
 * the real training set stays on the CPU and each batch is indexed there, then copied
   to the device;
 * noise, gradient-penalty mixing weights and batch indices are drawn on the CPU and
@@ -38,6 +43,8 @@ from synthsets.distill import DistillConfig
 from synthsets.generator import Generator, GeneratorConfig
 from synthsets.models import create_model
 
+from ._common import stock_layers
+
 
 class NaiveDistiller:
     """Stage-1 / stage-2 epochs of DiM, written plainly (see the module docstring)."""
@@ -63,7 +70,8 @@ class NaiveDistiller:
                 std=real.std,
             )
         ).to(self.device)
-        self.D = Discriminator(real.num_classes, real.channels, real.image_size, config.disc_width).to(self.device)
+        D = Discriminator(real.num_classes, real.channels, real.image_size, config.disc_width)
+        self.D = stock_layers(D).to(self.device)  # with nn.LayerNorm, as research code has it
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=config.lr, betas=tuple(config.betas))
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=config.lr, betas=tuple(config.betas))
         self.dsa = DSA()
@@ -88,7 +96,7 @@ class NaiveDistiller:
             name = cfg.pool[int(torch.randint(len(cfg.pool), (1,)).item())]
             kwargs = {"width": cfg.pool_width} if cfg.pool_width and name.startswith("convnet") else {}
             matcher = create_model(name, self.num_classes, self.real.channels, self.real.image_size, **kwargs)
-            matcher = matcher.to(self.device)
+            matcher = stock_layers(matcher).to(self.device)  # research code pools with nn.AvgPool2d
             opt_m = torch.optim.SGD(
                 matcher.parameters(), lr=cfg.inner_lr, momentum=cfg.inner_momentum, weight_decay=cfg.inner_weight_decay
             )

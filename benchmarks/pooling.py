@@ -43,15 +43,6 @@ from . import _common as C
 LAYOUTS = {"standard": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
-def with_torch_pooling(model: nn.Module) -> nn.Module:
-    """``model`` with every ``AvgPool2x2`` replaced by a plain ``nn.AvgPool2d(2, 2)``."""
-    for module in list(model.modules()):
-        for key, child in list(module._modules.items()):
-            if isinstance(child, AvgPool2x2):
-                module._modules[key] = nn.AvgPool2d(kernel_size=2, stride=2)
-    return model
-
-
 def layer_fns(shape: Sequence[int], layout: str, device: torch.device) -> dict[str, dict[str, Callable[[], Any]]]:
     """Forward and forward+backward closures of both layers on one activation."""
     x = torch.randn(*shape, device=device).contiguous(memory_format=LAYOUTS[layout]).requires_grad_()
@@ -93,7 +84,7 @@ def convnet(device: torch.device, torch_pooling: bool, channels: int = 3, size: 
     torch.manual_seed(0)
     model = create_model("convnet3", 10, channels, size)
     if torch_pooling:
-        with_torch_pooling(model)
+        C.stock_layers(model)
     model = model.to(device)
     return model.to(memory_format=preferred_memory_format(model, device))
 
