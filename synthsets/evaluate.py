@@ -1087,7 +1087,8 @@ def build_parser() -> argparse.ArgumentParser:
       "long runs (ConvNet-3 on a CPU: 1.13x per step after ~10 s of compiling); falls back with a warning if it fails")
     a("--generation-dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
       help="generate in this precision (default fp32, the protocol's); bf16 generates about 1.8x faster on a "
-      "CPU with bf16 instructions, and the results note it")
+      "CPU with bf16 instructions (a CPU without them, or fp16 on most CPUs, is far slower: it warns), and the "
+      "results note it")
     a("--out", help="output folder for results.json, results.md and accuracy_vs_inpc.png")
     a("--resume", action="store_true", help="skip runs already in OUT's results file")
     a("--shard", help="run only slice i of n of the job list (0-based i/n; default under torchrun: RANK/WORLD_SIZE)")

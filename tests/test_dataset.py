@@ -393,6 +393,7 @@ def test_dataset_with_pending_prefetch_pickles(gen):
 
 
 @pytest.mark.parametrize("dtype", ["bf16", torch.bfloat16, "fp16"])
+@pytest.mark.filterwarnings("ignore:generation_dtype float16:RuntimeWarning")  # a CPU without fp16 instructions
 def test_lower_precision_generation_is_close_and_returns_float32(gen, dtype):
     full = SyntheticDataset(gen, 10, device="cpu", seed=2, augment=None, normalize=False)
     low = SyntheticDataset(gen, 10, device="cpu", seed=2, augment=None, normalize=False, generation_dtype=dtype)
@@ -559,6 +560,27 @@ def test_bad_inpc(gen, inpc):
 def test_bad_arguments(gen, kwargs, error, match):
     with pytest.raises(error, match=match):
         SyntheticDataset(gen, 1, **kwargs)
+
+
+def test_generation_dtype_without_cpu_support_warns(gen, monkeypatch):
+    import synthsets.dataset as dataset_mod
+
+    monkeypatch.setattr(dataset_mod, "_cpu_runs_natively", lambda dtype: dtype != torch.float16)
+    with pytest.warns(RuntimeWarning, match="no float16 instructions.*much slower than float32"):
+        SyntheticDataset(gen, 1, device="cpu", generation_dtype="fp16")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SyntheticDataset(gen, 1, device="cpu", generation_dtype="bf16")  # supported: silent
+        SyntheticDataset(gen, 1, device="cpu")
+
+
+def test_cpu_dtype_probe():
+    from synthsets.dataset import _cpu_runs_natively
+
+    assert _cpu_runs_natively(torch.float32) is True
+    assert _cpu_runs_natively(torch.bfloat16) in (True, False) and _cpu_runs_natively(torch.float16) in (True, False)
 
 
 def test_resolve_device(monkeypatch):
