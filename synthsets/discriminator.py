@@ -19,7 +19,8 @@ class SampleLayerNorm(nn.LayerNorm):
     layout_agnostic = True  # synthsets.preferred_memory_format may pick channels_last
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        if channels_last and len(self.normalized_shape) == 3:
             c, h, w = self.normalized_shape
             weight = self.weight.permute(1, 2, 0) if self.weight is not None else None
             bias = self.bias.permute(1, 2, 0) if self.bias is not None else None
