@@ -118,14 +118,14 @@ class AvgPool2x2(nn.AvgPool2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (
-            x.device.type == "cpu"
+            not _capturing_graph()  # first: no shape guards for a graph that will not use this path
+            and x.device.type == "cpu"
             and x.dim() == 4
             and x.shape[2] % 2 == 0
             and x.shape[3] % 2 == 0
             and x.numel() >= self.MIN_ELEMENTS
             and x.is_floating_point()
             and x.is_contiguous()  # NCHW; channels_last goes to torch's own (fast) kernel
-            and not _capturing_graph()
         ):
             return _AvgPool2x2Cpu.apply(x)
         return super().forward(x)
