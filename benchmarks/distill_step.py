@@ -279,6 +279,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         return run
 
     rows = []
+    layout_ratio: dict[str, float] = {}
     for stage, steps in ((1, args.steps1), (2, args.steps2)):
         variants = {name: epoch_fn(trainer, stage) for name, trainer in trainers.items()}
         for fn in variants.values():  # warm-up
@@ -288,6 +289,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             rounds["epoch"] = r + 1
             for name in variants if r % 2 == 0 else reversed(list(variants)):
                 times[name].append(C.time_call(variants[name], device))
+        if "library-cl" in times:  # the layout experiment: > 1 means channels_last is faster
+            layout_ratio[f"stage{stage}"] = round(C.ratio(times["library"], times["library-cl"]), 3)
         for name in variants:
             t = times[name]
             row = {
@@ -311,6 +314,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             ("speedup_vs_naive", "speed-up vs naive", ".2f"), ("peak_mb", "peak MB", ".0f"),
         ])
     results = {"rows": rows, "equivalence": equivalence, "config": cfg.to_json()}
+    if layout_ratio:
+        results["channels_last_speedup"] = layout_ratio
+        print("library-cl (G and D in channels_last) vs library, speed-up: "
+              + ", ".join(f"{k} {v:.2f}x" for k, v in layout_ratio.items()))
     if args.profile:
         results["profile_stage1"] = profile_stage1(device, args.preset, args.steps1, n, args.seed)
         where = "device" if not cpu else "CPU"
