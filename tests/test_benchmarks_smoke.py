@@ -98,6 +98,17 @@ def test_distill_step(tmp_path, capsys, one_thread):
     assert data["equivalence"]["match"] is True
 
 
+def test_distill_step_layout_experiment(tmp_path, capsys, one_thread, monkeypatch):
+    """The CUDA-only library-cl variant, forced to run on CPU: its ratio to library is reported."""
+    module = importlib.import_module("benchmarks.distill_step")
+    monkeypatch.setattr(module, "CPU_SAME_AS_LIBRARY", ("library-eager",))
+    data, printed = _run("distill_step", tmp_path, capsys, one_thread + ["--no-memory", "--variants", "library", "library-cl"])
+    assert {r["variant"] for r in data["rows"]} == {"library", "library-cl"}
+    assert set(data["channels_last_speedup"]) == {"stage1", "stage2"}
+    assert all(v > 0 for v in data["channels_last_speedup"].values())
+    assert "library-cl (G and D in channels_last) vs library, speed-up: stage1" in printed
+
+
 def test_loader(tmp_path, capsys, one_thread):
     data, printed = _run("loader", tmp_path, capsys, one_thread + ["--no-memory"])
     assert any("dataset.loader()" in line for line in _table_rows(printed))
