@@ -109,6 +109,19 @@ def test_distill_step_layout_experiment(tmp_path, capsys, one_thread, monkeypatc
     assert "library-cl (G and D in channels_last) vs library, speed-up: stage1" in printed
 
 
+def test_distill_step_keeps_its_timings_when_profiling_fails(tmp_path, capsys, one_thread, monkeypatch):
+    module = importlib.import_module("benchmarks.distill_step")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUPTI_ERROR_INSUFFICIENT_PRIVILEGES")
+
+    monkeypatch.setattr(module, "profile_stage1", broken)
+    data, printed = _run("distill_step", tmp_path, capsys, one_thread + ["--no-memory", "--profile"])
+    _positive(data["rows"], "ms_per_step")
+    assert data["profile_error"] == "RuntimeError: CUPTI_ERROR_INSUFFICIENT_PRIVILEGES"
+    assert "profile_stage1" not in data and "profiling failed, timings kept" in printed
+
+
 def test_loader(tmp_path, capsys, one_thread):
     data, printed = _run("loader", tmp_path, capsys, one_thread + ["--no-memory"])
     assert any("dataset.loader()" in line for line in _table_rows(printed))
