@@ -306,6 +306,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             if name == "library" and not cpu:
                 row["cuda_graph"] = trainers[name].graph_failure is None
             rows.append(row)
+        if stage == 1:  # stage 1 is kept even if a time limit stops the run during stage 2
+            C.write_json(args.json, "distill_step", args, device,
+                         {"rows": rows, "equivalence": equivalence, "config": config.to_json(), "partial": "stage 1 only"})
     cfg = config
     C.print_table(
         f"Distillation step time ({args.preset}: G width {cfg.width}, D width {cfg.disc_width}, batch {cfg.batch_size}, "
