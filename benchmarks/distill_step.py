@@ -73,7 +73,7 @@ VARIANTS: dict[str, Callable[[DistillConfig, RealData], Any]] = {
     "library-cl": _channels_last_distiller,  # CUDA only: generator and discriminator in channels_last
     "naive": NaiveDistiller,
 }
-CPU_SAME_AS_LIBRARY = ("library-eager", "library-cl")  # no graphs on CPU; G already channels_last there
+CPU_SAME_AS_LIBRARY = ("library-eager", "library-cl")  # no graphs on CPU; G and D already channels_last there
 
 
 # -- setup ---------------------------------------------------------------------------------
