@@ -266,20 +266,18 @@ def training_model(name: str, num_classes: int, device: torch.device | str) -> t
 
 
 def stock_layers(model: torch.nn.Module) -> torch.nn.Module:
-    """``model`` with synthsets' faster drop-in layers swapped for the stock torch ones
-    they stand for (``AvgPool2x2`` -> ``nn.AvgPool2d(2, 2)``, ``SampleLayerNorm`` ->
-    ``nn.LayerNorm`` with the same parameters), as research code would build it."""
+    """``model`` with synthsets' faster drop-in layers turned into the stock torch layers
+    they subclass (``AvgPool2x2`` -> ``nn.AvgPool2d``, ``SampleLayerNorm`` ->
+    ``nn.LayerNorm``), as research code would build it. Neither subclass adds state, so
+    the layers keep their settings, parameters, device and layout."""
     from synthsets.discriminator import SampleLayerNorm
     from synthsets.models import AvgPool2x2
 
-    for module in list(model.modules()):
-        for key, child in list(module._modules.items()):
-            if isinstance(child, AvgPool2x2):
-                module._modules[key] = torch.nn.AvgPool2d(kernel_size=2, stride=2)
-            elif isinstance(child, SampleLayerNorm):
-                plain = torch.nn.LayerNorm(child.normalized_shape, eps=child.eps, elementwise_affine=child.elementwise_affine)
-                plain.load_state_dict(child.state_dict())
-                module._modules[key] = plain.to(next(child.parameters()).device)
+    for module in model.modules():
+        if type(module) is AvgPool2x2:
+            module.__class__ = torch.nn.AvgPool2d
+        elif type(module) is SampleLayerNorm:
+            module.__class__ = torch.nn.LayerNorm
     return model
 
 

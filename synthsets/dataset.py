@@ -133,6 +133,11 @@ _DTYPES: dict[str, torch.dtype | None] = {
 }
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"`` (for messages, reprs and result records)."""
+    return str(dtype).removeprefix("torch.")
+
+
 def _generation_dtype(value: torch.dtype | str | None) -> torch.dtype | None:
     """None (full precision) or the lower-precision dtype to autocast the generator to."""
     if value is None or value == torch.float32:
@@ -229,7 +234,7 @@ class SyntheticDataset(Dataset):
         if distributed not in ("auto", True, False):
             raise ValueError(f"distributed must be 'auto', True or False, got {distributed!r}")
 
-        dtypes = {str(t.dtype).replace("torch.", "") for t in generator.parameters() if t.dtype != torch.float32}
+        dtypes = {dtype_name(t.dtype) for t in generator.parameters() if t.dtype != torch.float32}
         if dtypes:
             raise ValueError(
                 f"the generator's weights are {', '.join(sorted(dtypes))}; keep them in float32 (generator.float()) "
@@ -249,7 +254,7 @@ class SyntheticDataset(Dataset):
         self.normalize = normalize
         self.generation_dtype = _generation_dtype(generation_dtype)
         if self.device.type == "cpu" and self.generation_dtype and not _cpu_runs_natively(self.generation_dtype):
-            name = str(self.generation_dtype).replace("torch.", "")
+            name = dtype_name(self.generation_dtype)
             warnings.warn(
                 f"generation_dtype {name}: this CPU has no {name} instructions, so generating in {name} is "
                 "emulated and much slower than float32; use 'bf16' where supported, or leave it unset",
@@ -321,7 +326,7 @@ class SyntheticDataset(Dataset):
             f"{'normalised with mean ' + str(config.mean) + ', std ' + str(config.std) if self.normalize else 'in [0, 1]'}",
             f"    Augment: {self.augment!r}",
             f"    Device: {self.device}, seed: {self.seed}, epoch: {self.epoch}"
-            + (f", generation dtype: {str(self.generation_dtype).replace('torch.', '')}" if self.generation_dtype else ""),
+            + (f", generation dtype: {dtype_name(self.generation_dtype)}" if self.generation_dtype else ""),
         ]
         if self.transform is not None:
             lines.append(f"    Transform: {self.transform!r}")

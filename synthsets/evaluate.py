@@ -53,7 +53,7 @@ from torch import Tensor, nn
 from .allocator import tune_cpu_allocator
 from .augment import DSA, cutmix
 from .data import RealData, RealSplit, load_real
-from .dataset import SyntheticDataset, _generation_dtype, _make_augment, _mix_seed, resolve_device
+from .dataset import SyntheticDataset, _generation_dtype, _make_augment, _mix_seed, dtype_name, resolve_device
 from .generator import Generator
 from .models import create_model, preferred_memory_format
 
@@ -616,7 +616,7 @@ def evaluate_source(
         if compile:
             settings["compile"] = True
         if gen_dtype is not None and source.kind == "generator":
-            settings["generation_dtype"] = str(gen_dtype).replace("torch.", "")
+            settings["generation_dtype"] = dtype_name(gen_dtype)
         if model_kwargs:
             settings["model_kwargs"] = dict(model_kwargs)
         record = {
