@@ -256,12 +256,14 @@ def make_generator(width: int, channels: int = 3, image_size: int = 32, num_clas
     return generator.eval()
 
 
-def training_model(name: str, num_classes: int, device: torch.device | str) -> torch.nn.Module:
+def training_model(
+    name: str, num_classes: int, device: torch.device | str, channels: int = 3, image_size: int = 32
+) -> torch.nn.Module:
     """``create_model(name)`` on ``device``, in the memory layout synthsets.evaluate trains
     it in (channels_last on CPU for models without GroupNorm/LayerNorm)."""
     from synthsets.models import create_model, preferred_memory_format
 
-    model = create_model(name, num_classes).to(device)
+    model = create_model(name, num_classes, channels, image_size).to(device)
     return model.to(memory_format=preferred_memory_format(model, device))
 
 

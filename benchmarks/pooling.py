@@ -36,7 +36,7 @@ from torch import nn
 
 from synthsets.evaluate import test_accuracy
 from synthsets.data import RealSplit
-from synthsets.models import AvgPool2x2, create_model, preferred_memory_format
+from synthsets.models import AvgPool2x2
 
 from . import _common as C
 
@@ -82,11 +82,8 @@ def check_same(device: torch.device) -> dict[str, float]:
 
 def convnet(device: torch.device, torch_pooling: bool, channels: int = 3, size: int = 32) -> nn.Module:
     torch.manual_seed(0)
-    model = create_model("convnet3", 10, channels, size)
-    if torch_pooling:
-        C.stock_layers(model)
-    model = model.to(device)
-    return model.to(memory_format=preferred_memory_format(model, device))
+    model = C.training_model("convnet3", 10, device, channels, size)
+    return C.stock_layers(model) if torch_pooling else model
 
 
 def build_parser():
