@@ -270,16 +270,16 @@ def training_model(
 def stock_layers(model: torch.nn.Module) -> torch.nn.Module:
     """``model`` with synthsets' faster drop-in layers turned into the stock torch layers
     they subclass (``AvgPool2x2`` -> ``nn.AvgPool2d``, ``SampleLayerNorm`` ->
-    ``nn.LayerNorm``), as research code would build it. Neither subclass adds state, so
-    the layers keep their settings, parameters, device and layout."""
-    from synthsets.discriminator import SampleLayerNorm
+    ``nn.LayerNorm``, ``PenaltyConv2d`` -> ``nn.Conv2d``), as research code would build
+    it. No subclass adds state, so the layers keep their settings, parameters, device and
+    layout."""
+    from synthsets.discriminator import PenaltyConv2d, SampleLayerNorm
     from synthsets.models import AvgPool2x2
 
+    stock = {AvgPool2x2: torch.nn.AvgPool2d, SampleLayerNorm: torch.nn.LayerNorm, PenaltyConv2d: torch.nn.Conv2d}
     for module in model.modules():
-        if type(module) is AvgPool2x2:
-            module.__class__ = torch.nn.AvgPool2d
-        elif type(module) is SampleLayerNorm:
-            module.__class__ = torch.nn.LayerNorm
+        if type(module) in stock:
+            module.__class__ = stock[type(module)]
     return model
 
 

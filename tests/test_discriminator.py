@@ -7,7 +7,15 @@ import torch
 from torch import nn
 
 from synthsets import preferred_memory_format
-from synthsets.discriminator import Discriminator, SampleLayerNorm, gradient_penalty
+from synthsets.discriminator import (
+    _INPUT_GRADIENT_TASKS,
+    Discriminator,
+    PenaltyConv2d,
+    SampleLayerNorm,
+    _ConvGradients,
+    _PenaltyConv,
+    gradient_penalty,
+)
 
 CL = torch.channels_last
 
@@ -70,5 +78,118 @@ def test_gradient_penalty_is_the_same_in_either_layout(channels, size, device):
         gp = gradient_penalty(D, r, f, generator=gen)
         (score.mean() + logits.square().mean() + 10 * gp).backward()
         results.append([score.detach(), gp.detach()] + [p.grad for p in D.parameters()])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+# -- PenaltyConv2d: nn.Conv2d with a fast double backward ---------------------------------
+
+
+def _conv_pair(stride: int, bias: bool = True) -> tuple[PenaltyConv2d, nn.Conv2d]:
+    fast = PenaltyConv2d(3, 4, 3, stride, 1, bias=bias).double()
+    stock = nn.Conv2d(3, 4, 3, stride, 1, bias=bias).double()
+    stock.load_state_dict(fast.state_dict())  # the same parameters
+    return fast, stock
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("bias", [True, False])
+def test_penalty_conv_passes_gradcheck_and_gradgradcheck(stride, bias):
+    torch.manual_seed(0)
+    fast, _ = _conv_pair(stride, bias)
+    x = torch.randn(2, 3, 7, 7, dtype=torch.double, requires_grad=True)
+    params = (x, fast.weight) + ((fast.bias,) if bias else ())
+
+    def f(x, weight, b=None):
+        return _PenaltyConv.apply(x, weight, b, [stride, stride], [1, 1])
+
+    assert torch.autograd.gradcheck(f, params)
+    assert torch.autograd.gradgradcheck(f, params)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, CL])
+def test_penalty_conv_matches_conv2d_to_second_order(stride, layout):
+    """Output, first derivatives and the gradients of a penalty on them (input and weight
+    gradients both penalised, so every second-order term is used) equal nn.Conv2d's."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 3, 9, 9, dtype=torch.double).contiguous(memory_format=layout)
+    size = (9 - 1) // stride + 1  # the output size (kernel 3, padding 1)
+    g = torch.randn(3, 4, size, size, dtype=torch.double)
+    results = []
+    for conv in _conv_pair(stride):
+        conv.to(memory_format=layout)
+        xi = x.clone().requires_grad_()
+        out = conv(xi)
+        gx, gw, gb = torch.autograd.grad(out, (xi, conv.weight, conv.bias), g, create_graph=True)
+        (gx.square().sum() + gw.square().sum() + gb.square().sum() + out.sum()).backward()
+        results.append([out, gx, gw, gb, xi.grad, conv.weight.grad, conv.bias.grad])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_penalty_conv_is_conv2d_outside_recorded_autograd():
+    fast, _ = _conv_pair(1)
+    x = torch.randn(2, 3, 6, 6, dtype=torch.double)
+    with torch.no_grad():
+        assert fast(x).grad_fn is None
+    fast.requires_grad_(False)
+    assert fast(x).grad_fn is None  # nothing requires grad: the plain call
+    fast.requires_grad_(True)
+    assert type(fast(x).grad_fn).__name__ == "_PenaltyConvBackward"
+    # unsupported settings fall back to nn.Conv2d's own forward
+    for kwargs in ({"groups": 3, "out_channels": 3}, {"dilation": 2}, {"padding": "same"}, {"padding_mode": "reflect"}):
+        settings = {"in_channels": 3, "out_channels": 4, "kernel_size": 3, "padding": 1, **kwargs}
+        conv = PenaltyConv2d(**settings).double()
+        assert type(conv(x).grad_fn).__name__ == "ConvolutionBackward0", kwargs
+
+
+def test_gradient_penalty_skips_weight_gradients_only_in_its_own_pass():
+    """Inside the penalty's pass the convolutions compute input gradients only; a
+    create_graph pass that asks for weight gradients (as meta-learning does) gets them."""
+    torch.manual_seed(0)
+    D = Discriminator(10, 1, 28, width=4).double()
+    x = torch.randn(2, 1, 28, 28, dtype=torch.double)
+    gp = gradient_penalty(D, x, x.flip(0))
+    assert torch.isfinite(gp) and _INPUT_GRADIENT_TASKS == set()  # nothing left marked
+    score, _ = D(x)
+    conv = D.features[0]
+    (gw,) = torch.autograd.grad(score.sum(), conv.weight, create_graph=True)
+    (ggw,) = torch.autograd.grad(gw.square().sum(), conv.weight)
+    # the same with the stock convolution
+    reference = Discriminator(10, 1, 28, width=4).double()
+    reference.load_state_dict(D.state_dict())
+    reference.features[0].__class__ = nn.Conv2d
+    (rw,) = torch.autograd.grad(reference(x)[0].sum(), reference.features[0].weight, create_graph=True)
+    (rgw,) = torch.autograd.grad(rw.square().sum(), reference.features[0].weight)
+    torch.testing.assert_close(gw, rw, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ggw, rgw, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("channels,size", [(1, 28), (3, 32)])
+def test_discriminator_penalty_equals_stock_convolutions(channels, size, monkeypatch):
+    """The whole D loss with the penalty: the same gradients as with nn.Conv2d layers, and
+    the penalty's own pass asked the convolutions for no weight gradient."""
+    torch.manual_seed(0)
+    D = Discriminator(10, channels, size, width=6).double()
+    reference = Discriminator(10, channels, size, width=6).double()
+    reference.load_state_dict(D.state_dict())
+    for m in reference.modules():
+        if type(m) is PenaltyConv2d:
+            m.__class__ = nn.Conv2d
+    real = torch.randn(3, channels, size, size, dtype=torch.double)
+    fake = torch.randn(3, channels, size, size, dtype=torch.double)
+    masks = []
+    original = _ConvGradients.forward
+    monkeypatch.setattr(_ConvGradients, "forward", staticmethod(lambda ctx, *a: masks.append(a[-1]) or original(ctx, *a)))
+    results = []
+    for model in (D, reference):
+        masks.clear()
+        score, logits = model(real)
+        gp = gradient_penalty(model, real, fake, generator=torch.Generator().manual_seed(1))
+        if model is D:  # the 8 convolutions of the penalty's pass: input gradients only
+            assert masks == [[True, False, False]] * 8
+        (score.mean() + logits.square().mean() + 10 * gp).backward()
+        results.append([gp.detach()] + [p.grad for p in model.parameters()])
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
