@@ -12,7 +12,11 @@ Variants, both built from the same in-memory synthetic ``RealData`` and the same
 * ``naive``: :class:`benchmarks.naive_distill.NaiveDistiller`, the same maths written
   research-code style: real data indexed on the CPU and copied, noise and other random
   draws made on the CPU and copied, small tensors re-created each step, separate
-  discriminator passes for real and fake, ``.item()`` on every logged loss every step.
+  discriminator passes for real and fake, ``.item()`` on every logged loss every step;
+* ``library-stock-conv``: the library with ``nn.Conv2d`` in the discriminator instead of
+  ``PenaltyConv2d`` (reported as ``penalty_conv_speedup``);
+* CUDA only: ``library-eager`` (no CUDA graphs) and ``library-cl`` (generator and
+  discriminator in channels_last, reported as ``channels_last_speedup``).
 
 A step is one generator step with everything around it: the discriminator step, and in
 stage 2 the pool model's inner SGD steps and the logits-matching loss. Its time is the
@@ -45,6 +49,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from synthsets.data import RealData, RealSplit
+from synthsets.discriminator import PenaltyConv2d
 from synthsets.distill import Distiller, DistillConfig, apply_preset
 
 from . import _common as C
@@ -67,10 +72,21 @@ def _channels_last_distiller(config: DistillConfig, real: RealData) -> Distiller
     return trainer
 
 
+def _stock_conv_distiller(config: DistillConfig, real: RealData) -> Distiller:
+    """The library with torch's own ``nn.Conv2d`` in the discriminator instead of
+    ``PenaltyConv2d``: what that layer's double backward gains, in the same run."""
+    trainer = Distiller(config, real)
+    for module in trainer.D.modules():
+        if type(module) is PenaltyConv2d:  # no state of its own: the parameters stay
+            module.__class__ = torch.nn.Conv2d
+    return trainer
+
+
 VARIANTS: dict[str, Callable[[DistillConfig, RealData], Any]] = {
     "library": Distiller,  # CUDA: every step replayed as a CUDA graph
     "library-eager": _eager_distiller,  # CUDA only: the same code without graphs
     "library-cl": _channels_last_distiller,  # CUDA only: generator and discriminator in channels_last
+    "library-stock-conv": _stock_conv_distiller,  # the discriminator with nn.Conv2d's double backward
     "naive": NaiveDistiller,
 }
 CPU_SAME_AS_LIBRARY = ("library-eager", "library-cl")  # no graphs on CPU; G and D already channels_last there
@@ -280,6 +296,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     rows = []
     layout_ratio: dict[str, float] = {}
+    penalty_conv_ratio: dict[str, float] = {}
     for stage, steps in ((1, args.steps1), (2, args.steps2)):
         variants = {name: epoch_fn(trainer, stage) for name, trainer in trainers.items()}
         for fn in variants.values():  # warm-up
@@ -291,6 +308,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 times[name].append(C.time_call(variants[name], device))
         if "library-cl" in times:  # the layout experiment: > 1 means channels_last is faster
             layout_ratio[f"stage{stage}"] = round(C.ratio(times["library"], times["library-cl"]), 3)
+        if "library-stock-conv" in times:  # > 1 means PenaltyConv2d is faster than nn.Conv2d
+            penalty_conv_ratio[f"stage{stage}"] = round(C.ratio(times["library-stock-conv"], times["library"]), 3)
         for name in variants:
             t = times[name]
             row = {
@@ -321,6 +340,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         results["channels_last_speedup"] = layout_ratio
         print("library-cl (G and D in channels_last) vs library, speed-up: "
               + ", ".join(f"{k} {v:.2f}x" for k, v in layout_ratio.items()))
+    if penalty_conv_ratio:
+        results["penalty_conv_speedup"] = penalty_conv_ratio
+        print("library (PenaltyConv2d) vs library-stock-conv (nn.Conv2d in D), speed-up: "
+              + ", ".join(f"{k} {v:.2f}x" for k, v in penalty_conv_ratio.items()))
     if args.profile:
         C.write_json(args.json, "distill_step", args, device, results)  # the timings are safe if profiling is cut short
         try:

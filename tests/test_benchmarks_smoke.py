@@ -93,9 +93,13 @@ def test_distill_step(tmp_path, capsys, one_thread):
     assert "top operators by CPU self time" in printed
     _positive(data["rows"], "ms_per_step", "speedup_vs_naive")
     assert {(r["stage"], r["variant"]) for r in data["rows"]} == {
-        (s, v) for s in (1, 2) for v in ("library", "naive")
+        (s, v) for s in (1, 2) for v in ("library", "library-stock-conv", "naive")
     }
     assert data["equivalence"]["match"] is True
+    # the discriminator-convolution experiment: the library against itself with nn.Conv2d
+    assert set(data["penalty_conv_speedup"]) == {"stage1", "stage2"}
+    assert all(v > 0 for v in data["penalty_conv_speedup"].values())
+    assert "library (PenaltyConv2d) vs library-stock-conv (nn.Conv2d in D), speed-up: stage1" in printed
 
 
 def test_distill_step_layout_experiment(tmp_path, capsys, one_thread, monkeypatch):

@@ -166,19 +166,20 @@ def test_gradient_penalty_skips_weight_gradients_only_in_its_own_pass():
     torch.testing.assert_close(ggw, rgw, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("channels,size", [(1, 28), (3, 32)])
-def test_discriminator_penalty_equals_stock_convolutions(channels, size, monkeypatch):
+def test_discriminator_penalty_equals_stock_convolutions(channels, size, device, monkeypatch):
     """The whole D loss with the penalty: the same gradients as with nn.Conv2d layers, and
     the penalty's own pass asked the convolutions for no weight gradient."""
     torch.manual_seed(0)
-    D = Discriminator(10, channels, size, width=6).double()
-    reference = Discriminator(10, channels, size, width=6).double()
+    D = Discriminator(10, channels, size, width=6).double().to(device)
+    reference = Discriminator(10, channels, size, width=6).double().to(device)
     reference.load_state_dict(D.state_dict())
     for m in reference.modules():
         if type(m) is PenaltyConv2d:
             m.__class__ = nn.Conv2d
-    real = torch.randn(3, channels, size, size, dtype=torch.double)
-    fake = torch.randn(3, channels, size, size, dtype=torch.double)
+    real = torch.randn(3, channels, size, size, dtype=torch.double, device=device)
+    fake = torch.randn(3, channels, size, size, dtype=torch.double, device=device)
     masks = []
     original = _ConvGradients.forward
     monkeypatch.setattr(_ConvGradients, "forward", staticmethod(lambda ctx, *a: masks.append(a[-1]) or original(ctx, *a)))
@@ -186,7 +187,7 @@ def test_discriminator_penalty_equals_stock_convolutions(channels, size, monkeyp
     for model in (D, reference):
         masks.clear()
         score, logits = model(real)
-        gp = gradient_penalty(model, real, fake, generator=torch.Generator().manual_seed(1))
+        gp = gradient_penalty(model, real, fake, generator=torch.Generator(device).manual_seed(1))
         if model is D:  # the 8 convolutions of the penalty's pass: input gradients only
             assert masks == [[True, False, False]] * 8
         (score.mean() + logits.square().mean() + 10 * gp).backward()
