@@ -126,6 +126,17 @@ def test_distill_step_keeps_its_timings_when_profiling_fails(tmp_path, capsys, o
     assert "profile_stage1" not in data and "profiling failed, timings kept" in printed
 
 
+def test_penalty(tmp_path, capsys, one_thread):
+    data, printed = _run("penalty", tmp_path, capsys, one_thread)
+    assert any("PenaltyConv2d" in line for line in _table_rows(printed))
+    _positive(data["rows"], "ms", "speedup")
+    assert {(r["workload"], r["layer"]) for r in data["rows"]} == {
+        (w, layer) for w in ("penalty", "D step") for layer in ("nn.Conv2d", "PenaltyConv2d")
+    }
+    _memory([r for r in data["rows"] if r["workload"] == "D step"])
+    assert data["same"]["tiny"]["grad_max_rel"] < 1e-4  # float noise: the same gradients
+
+
 def test_loader(tmp_path, capsys, one_thread):
     data, printed = _run("loader", tmp_path, capsys, one_thread + ["--no-memory"])
     assert any("dataset.loader()" in line for line in _table_rows(printed))

@@ -1,0 +1,150 @@
+"""The discriminator step with the WGAN-GP gradient penalty: ``PenaltyConv2d`` against ``nn.Conv2d``.
+
+The discriminator of ``synthsets.distill`` is built from
+``synthsets.discriminator.PenaltyConv2d``: an ``nn.Conv2d`` whose second derivative (the
+gradient penalty's double backward) uses ordinary convolution kernels, and which skips
+the weight gradients in the penalty's own ``autograd.grad`` pass. torch differentiates its
+convolution backward with a convolution of batch-transposed tensors whose kernel is as
+large as the feature map. Two workloads, each timed for both layers in the same run,
+round by round:
+
+* ``penalty``: ``gradient_penalty(D, real, fake)`` and its backward;
+* ``D step``: the whole discriminator loss of a distillation step (scores of real and
+  fake, both class losses, 10 x the penalty) and its backward.
+
+Two discriminator sizes: ``cpu-small`` (width 32, 1x28x28, batch 64) and ``paper`` (width
+196, 3x32x32, batch 64 on CUDA, 16 on CPU to keep the run short; ``--batch`` sets both).
+The discriminators are in the layout the library trains them in (channels_last on CPU).
+Before timing, the script compares one D step of both layers from the same weights and
+inputs (gradients within float noise).
+
+    python -m benchmarks.penalty [--device cpu] [--threads 1] [--tune-malloc] [--tiny]
+"""
+
+from __future__ import annotations
+
+import sys
+
+if not __package__:  # run as a file (python benchmarks/penalty.py): import as the package, from this checkout
+    import pathlib
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+    __package__ = "benchmarks"
+
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from synthsets.discriminator import Discriminator, PenaltyConv2d, gradient_penalty
+from synthsets.models import preferred_memory_format
+
+from . import _common as C
+
+LAYERS = ("nn.Conv2d", "PenaltyConv2d")
+#: name -> (width, channels, image size)
+SIZES = {"cpu-small": (32, 1, 28), "paper": (196, 3, 32), "tiny": (8, 1, 28)}
+
+
+def discriminator(layer: str, size: str, device: torch.device | str, seed: int = 0) -> nn.Module:
+    """The distillation's discriminator, with ``layer`` convolutions, in the library's layout."""
+    width, channels, image_size = SIZES[size]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        D = Discriminator(10, channels, image_size, width).to(device)
+    if layer == "nn.Conv2d":
+        for module in D.modules():
+            if type(module) is PenaltyConv2d:  # no state of its own: the parameters stay
+                module.__class__ = nn.Conv2d
+    return D.to(memory_format=preferred_memory_format(D, device))
+
+
+def batch_of(size: str, batch: int, device: torch.device | str, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    _, channels, image_size = SIZES[size]
+    gen = torch.Generator().manual_seed(seed)
+    real = torch.randn(batch, channels, image_size, image_size, generator=gen).clamp_(-1, 1)
+    fake = torch.randn(batch, channels, image_size, image_size, generator=gen).clamp_(-1, 1)
+    labels = torch.arange(batch) % 10
+    return real.to(device), fake.to(device), labels.to(device)
+
+
+def d_loss(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The discriminator loss of a distillation step (as ``Distiller`` on CPU: two passes)."""
+    (score_real, logits_real), (score_fake, logits_fake) = D(real), D(fake)
+    return (
+        score_fake.mean() - score_real.mean()
+        + F.cross_entropy(logits_real, labels) + F.cross_entropy(logits_fake, labels)
+        + 10 * gradient_penalty(D, real, fake)
+    )
+
+
+def workload(device: str, layer: str, size: str, batch: int, what: str) -> Callable[[], Any]:
+    """One call of the workload ``what`` ("penalty" or "D step"); module level for the memory probe."""
+    D = discriminator(layer, size, device)
+    real, fake, labels = batch_of(size, batch, device)
+
+    def run() -> None:
+        D.zero_grad(set_to_none=True)
+        loss = gradient_penalty(D, real, fake) if what == "penalty" else d_loss(D, real, fake, labels)
+        loss.backward()
+
+    return run
+
+
+def check_same(device: torch.device, size: str, batch: int) -> dict[str, float]:
+    """Largest relative gradient difference (per tensor, by norm) between the two layers
+    after one D step from the same weights, inputs and mixing weights."""
+    grads = []
+    for layer in LAYERS:
+        D = discriminator(layer, size, device)
+        real, fake, labels = batch_of(size, batch, device)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(1)  # the same penalty mixing weights
+            d_loss(D, real, fake, labels).backward()
+        grads.append([p.grad for p in D.parameters()])
+    worst = max(((a - b).norm() / b.norm().clamp_min(1e-30)).item() for a, b in zip(*grads))
+    return {"grad_max_rel": worst}
+
+
+def build_parser():
+    p = C.base_parser("penalty", __doc__.splitlines()[0])
+    p.add_argument("--sizes", nargs="+", choices=("cpu-small", "paper"), default=None,
+                   help="discriminator sizes (default: both)")
+    p.add_argument("--batch", type=int, default=None, help="batch size (default 64; the paper size on CPU: 16)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    device = C.setup(args)
+    cpu = device.type == "cpu"
+    sizes = ["tiny"] if args.tiny else (args.sizes or ["cpu-small", "paper"])
+    repeats = args.repeats or (1 if args.tiny else 7 if cpu else 10)
+    rows = []
+    checks = {}
+    for size in sizes:
+        batch = args.batch or (4 if args.tiny else 16 if (cpu and size == "paper") else 64)
+        checks[size] = check_same(device, size, min(batch, 8))
+        print(f"{size}: same gradients after one D step (largest relative difference {checks[size]['grad_max_rel']:.2g})")
+        for what in ("penalty", "D step"):
+            variants = {layer: workload(str(device), layer, size, batch, what) for layer in LAYERS}
+            times = C.interleaved(variants, device, repeats, min_seconds=0.0 if args.tiny else 0.2 * (not cpu))
+            for layer, t in times.items():
+                row = {
+                    "size": size, "batch": batch, "workload": what, "layer": layer,
+                    "ms": round(C.median(t) * 1000, 2), "speedup": round(C.ratio(times["nn.Conv2d"], t), 3),
+                }
+                row.update(C.maybe_memory(args, what == "D step", workload, layer=layer, size=size, batch=batch, what=what))
+                rows.append(row)
+    C.print_table(f"Discriminator with the gradient penalty, {device}", rows, [
+        ("size", "size", ""), ("batch", "batch", ""), ("workload", "workload", ""), ("layer", "convolutions", ""),
+        ("ms", "ms", ".1f"), ("speedup", "speed-up", ".2f"), ("peak_mb", "peak MB", ".0f"),
+    ])
+    results = {"rows": rows, "same": checks}
+    C.write_json(args.json, "penalty", args, device, results)
+    return results
+
+
+if __name__ == "__main__":
+    main()
