@@ -127,8 +127,8 @@ class PenaltyConv2d(nn.Conv2d):
     """``nn.Conv2d`` (same parameters) with a faster second derivative, for gradient
     penalties: see :class:`_ConvGradients`. Same results up to float rounding. It applies
     when autograd records the call, for ``groups=1``, no dilation and zero padding given
-    as numbers; otherwise, and while the model is traced, compiled or exported, it is
-    ``nn.Conv2d`` itself."""
+    as numbers, outside autocast; otherwise, and while the model is traced, compiled or
+    exported, it is ``nn.Conv2d`` itself."""
 
     def forward(self, x: Tensor) -> Tensor:
         if (
@@ -140,6 +140,7 @@ class PenaltyConv2d(nn.Conv2d):
             and not isinstance(self.padding, str)
             and tuple(self.dilation) == (1, 1)
             and x.dim() == 4
+            and not torch.is_autocast_enabled(x.device.type)  # its backward would see mixed dtypes
         ):
             return _PenaltyConv.apply(x, self.weight, self.bias, list(self.stride), list(self.padding))
         return super().forward(x)

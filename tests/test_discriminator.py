@@ -137,6 +137,8 @@ def test_penalty_conv_is_conv2d_outside_recorded_autograd():
     assert fast(x).grad_fn is None  # nothing requires grad: the plain call
     fast.requires_grad_(True)
     assert type(fast(x).grad_fn).__name__ == "_PenaltyConvBackward"
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed precision: torch's own convolution
+        assert type(PenaltyConv2d(3, 4, 3)(x.float()).grad_fn).__name__ == "ConvolutionBackward0"
     # unsupported settings fall back to nn.Conv2d's own forward
     for kwargs in ({"groups": 3, "out_channels": 3}, {"dilation": 2}, {"padding": "same"}, {"padding_mode": "reflect"}):
         settings = {"in_channels": 3, "out_channels": 4, "kernel_size": 3, "padding": 1, **kwargs}
