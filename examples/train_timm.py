@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 
 import timm
 import torch
@@ -31,6 +32,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
+    if not timm.is_model(args.model):  # before any work: a typo should not cost a data load
+        close = difflib.get_close_matches(args.model, timm.list_models(), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; timm.list_models('*name*') lists them"
+        raise SystemExit(f"error: unknown timm model {args.model!r}{hint}")
     torch.manual_seed(args.seed)
     if not torch.cuda.is_available():
         synthsets.tune_cpu_allocator()  # CPU training: keep freed activation memory for reuse

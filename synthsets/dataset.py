@@ -187,7 +187,9 @@ class SyntheticDataset(Dataset):
             one from torch's global RNG (so ``torch.manual_seed`` also fixes it).
         batch_size: generation batch size (default: 500 on CUDA, 64 on the CPU, the fastest
             sizes measured; the augmentation stream depends on it).
-        normalize: apply the dataset mean/std (default) or return images in ``[0, 1]``.
+        normalize: apply the dataset mean/std (default) or return images in ``[0, 1]``
+            (before augmentation: DSA's brightness, saturation and contrast can take pixels
+            out of that range, as in the paper; ``augment=None`` keeps them in it).
         generation_dtype: ``None`` (default, float32), or ``"bf16"`` / ``"fp16"`` to run the
             generator under autocast: faster on hardware with fast half-precision maths
             (bf16 on a CPU with AVX-512 BF16: 1.9x per image at the paper's width), at
@@ -523,11 +525,11 @@ class SyntheticDataset(Dataset):
             and _core_to_spare()
         )
 
-    def materialize(self, ipc: int | None = None, path: str | Path | None = None, fmt: str | None = None):
+    def materialize(self, ipc: int | None = None, path: str | Path | None = None, fmt: str | None = None, overwrite: bool = False):
         """Generate a fixed synthetic set; see :func:`synthsets.export.materialize`."""
         from .export import materialize
 
-        return materialize(self, ipc=ipc, path=path, fmt=fmt)
+        return materialize(self, ipc=ipc, path=path, fmt=fmt, overwrite=overwrite)
 
 
 class SyntheticLoader:

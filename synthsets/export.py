@@ -16,7 +16,9 @@ training, as with any image folder; the safetensors metadata records mean/std).
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -65,15 +67,46 @@ def _folder_names(classes: list[str]) -> list[str]:
     return [f"{i:0{digits}d}_{name}" for i, name in enumerate(safe)]
 
 
+def _is_image_folder(path: Path) -> bool:
+    """Whether ``path`` holds nothing but class folders of PNG files (as written here)."""
+    return all(
+        entry.is_dir() and all(f.is_file() and f.suffix.lower() == ".png" for f in entry.iterdir())
+        for entry in path.iterdir()
+    )
+
+
+def _check_target(path: Path, folder: bool, overwrite: bool) -> None:
+    """Refuse to mix a new set with an old one, or to replace anything but an earlier set."""
+    if folder and path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path} exists and is not a folder; choose another path")
+    if not folder and path.is_dir():
+        raise FileExistsError(f"{path} is a folder; give a file path ending in .safetensors")
+    if not path.exists() or (folder and not any(path.iterdir())):
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"{path} already exists{' and is not empty' if folder else ''}; choose a new path, "
+            "or pass overwrite=True to replace it"
+        )
+    if folder and not _is_image_folder(path):
+        raise FileExistsError(
+            f"{path} holds files other than class folders of PNG images; overwrite=True only "
+            "replaces an earlier materialised set: remove the folder yourself or choose another path"
+        )
+
+
 def _write_folder(images: Tensor, labels: Tensor, classes: list[str], path: Path) -> Path:
+    """Write the image folder next to ``path`` first, then swap it in: a crash leaves no
+    half-written set, and a replaced set keeps none of its old images."""
     import numpy as np
     from PIL import Image
 
-    if path.exists() and not path.is_dir():
-        raise FileExistsError(f"{path} exists and is not a folder")
     names = _folder_names(classes)
     pixels = images.mul(255).round_().clamp_(0, 255).to(torch.uint8)
     counters = [0] * len(classes)
+    target = path
+    path = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    shutil.rmtree(path, ignore_errors=True)
     for image, label in zip(pixels, labels.tolist()):
         folder = path / names[label]
         folder.mkdir(parents=True, exist_ok=True)
@@ -86,7 +119,14 @@ def _write_folder(images: Tensor, labels: Tensor, classes: list[str], path: Path
             raise ValueError(f"cannot write {array.shape[2]}-channel images as PNG; use fmt='safetensors'")
         picture.save(folder / f"{counters[label]}.png")
         counters[label] += 1
-    return path
+    if target.exists():  # an empty folder, or an earlier set that overwrite=True replaces
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        target.rename(old)
+        path.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        path.rename(target)
+    return target
 
 
 def _write_safetensors(images: Tensor, labels: Tensor, dataset: "SyntheticDataset", path: Path) -> Path:
@@ -113,6 +153,7 @@ def materialize(
     ipc: int | None = None,
     path: str | Path | None = None,
     fmt: str | None = None,
+    overwrite: bool = False,
 ) -> Path | tuple[Tensor, Tensor]:
     """Generate a fixed set of ``ipc`` images per class (default ``dataset.inpc``).
 
@@ -129,6 +170,9 @@ def materialize(
             ``torchvision.datasets.ImageFolder``) or ``"safetensors"`` (tensors ``images``
             and ``labels``; metadata ``classes``, ``mean``, ``std`` as JSON). ``None``:
             safetensors when ``path`` ends with ``.safetensors``, else a folder.
+        overwrite: replace an existing set at ``path`` (a safetensors file, or a folder
+            holding only class folders of PNGs). Without it, an existing file or a
+            non-empty folder is an error: a new set is never mixed with an old one.
 
     Returns:
         the path written, or ``(images, labels)`` when ``path`` is ``None``.
@@ -142,14 +186,15 @@ def materialize(
         if key not in _FMT_ALIASES:
             raise ValueError(f"unknown fmt {fmt!r}; choose one of {', '.join(FORMATS)} (or None to infer from path)")
         fmt = _FMT_ALIASES[key]
-    images, labels = _fixed_images(dataset, ipc)
     if path is None:
         if fmt is not None:
             raise ValueError(f"fmt={fmt!r} needs a path to write to")
-        return images, labels
+        return _fixed_images(dataset, ipc)
     path = Path(path).expanduser()
     if fmt is None:
         fmt = "safetensors" if path.suffix.lower() == ".safetensors" else "folder"
+    _check_target(path, fmt == "folder", overwrite)  # before the generation work
+    images, labels = _fixed_images(dataset, ipc)
     if fmt == "safetensors":
         return _write_safetensors(images, labels, dataset, path)
     return _write_folder(images, labels, list(dataset.classes), path)

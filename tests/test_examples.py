@@ -67,3 +67,9 @@ def test_examples_report_missing_data_without_a_traceback(script, generator_fold
     assert result.returncode != 0
     assert "error:" in result.stderr and "nowhere" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_timm_example_names_close_models_for_a_typo(generator_folder):
+    result = run_example("train_timm.py", "--generator", str(generator_folder), "--model", "resnet81")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "unknown timm model 'resnet81'; did you mean resnet18" in result.stderr

@@ -1,0 +1,62 @@
+"""``materialize`` never mixes a new fixed set with an old one, and replaces only its own sets."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from synthsets import SyntheticDataset
+from synthsets.export import load_materialized
+
+
+@pytest.fixture
+def dataset(make_generator):
+    return SyntheticDataset(make_generator(image_size=28, channels=1, num_classes=3), 2, seed=0, device="cpu")
+
+
+def _pngs(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*.png"))
+
+
+def test_materialize_refuses_a_non_empty_folder_and_replaces_its_own_set(tmp_path, dataset):
+    from torchvision.datasets import ImageFolder
+
+    path = dataset.materialize(4, path=tmp_path / "fixed")
+    assert len(ImageFolder(str(path))) == 12
+    with pytest.raises(FileExistsError, match="not empty.*overwrite=True"):
+        dataset.materialize(1, path=path)
+    assert len(_pngs(path)) == 12  # untouched
+    dataset.materialize(1, path=path, overwrite=True)  # replaced, not mixed: 1 image per class
+    assert _pngs(path) == ["0/0.png", "1/0.png", "2/0.png"]
+    assert len(ImageFolder(str(path))) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fixed"]  # no temporary folder left
+
+
+def test_materialize_never_replaces_foreign_files(tmp_path, dataset):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("precious")
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match="mine"):
+            dataset.materialize(1, path=folder, overwrite=overwrite)
+    assert (folder / "keep.txt").read_text() == "precious" and _pngs(folder) == []
+    afile = tmp_path / "afile.txt"
+    afile.write_text("x")
+    with pytest.raises(FileExistsError, match="not a folder"):
+        dataset.materialize(1, path=afile, fmt="folder")
+    with pytest.raises(FileExistsError, match="is a folder"):
+        dataset.materialize(1, path=folder, fmt="safetensors")
+
+
+def test_materialize_into_an_empty_folder_and_a_safetensors_file(tmp_path, dataset):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert len(_pngs(dataset.materialize(1, path=empty))) == 3
+    target = tmp_path / "set.safetensors"
+    dataset.materialize(2, path=target)
+    with pytest.raises(FileExistsError, match="already exists.*overwrite=True"):
+        dataset.materialize(1, path=target)
+    assert load_materialized(target)[0].shape[0] == 6
+    dataset.materialize(1, path=target, overwrite=True)
+    images, labels, _ = load_materialized(target)
+    assert images.shape[0] == 3 and torch.equal(labels, torch.arange(3))
