@@ -16,7 +16,7 @@ from .dataset import SyntheticDataset, SyntheticLoader
 from .export import materialize
 from .generator import Generator, GeneratorConfig
 from .hub import PretrainedNotFoundError, WeightsError, list_pretrained
-from .models import create_model, list_models, preferred_memory_format
+from .models import create_model, is_model, list_models, preferred_memory_format
 
 __version__ = "0.1.0"
 
@@ -32,6 +32,7 @@ __all__ = [
     "WeightsError",
     "create_model",
     "cutmix",
+    "is_model",
     "list_models",
     "list_pretrained",
     "materialize",

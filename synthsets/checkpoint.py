@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import Tensor
 
-from .hub import WeightsError, atomic_write_bytes, load_safetensors
+from .hub import WeightsError, atomic_write_bytes
 
 
 def _flatten(prefix: str, value: Any, tensors: dict[str, Tensor], skeleton: dict) -> Any:
@@ -56,19 +56,46 @@ def save_checkpoint(path: str | Path, parts: dict[str, Any], meta: dict[str, Any
     atomic_write_bytes(path, save(tensors, metadata=metadata))
 
 
+class CheckpointError(WeightsError):
+    """A training checkpoint that is missing, unreadable or not a synthsets checkpoint."""
+
+
+def _advice(path: Path) -> str:
+    return f"delete it ({path}) to start the run over, or restore a copy of it"
+
+
 def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Return ``(parts, meta)`` saved by :func:`save_checkpoint`."""
+    """Return ``(parts, meta)`` saved by :func:`save_checkpoint`.
+
+    Raises :class:`CheckpointError` naming the file and what to do when it is missing,
+    truncated or corrupt, or not a checkpoint of this format."""
     from safetensors import safe_open
 
     path = Path(path)
-    tensors = load_safetensors(path)
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
+    if not path.is_file():
+        raise CheckpointError(f"training checkpoint {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except Exception as err:  # safetensors raises its own error types for corrupt data
+        detail = f"{type(err).__name__}: {err}".splitlines()[0]
+        raise CheckpointError(
+            f"training checkpoint {path} is truncated or corrupt ({detail}): {_advice(path)}"
+        ) from None
     if metadata.get("format") != "synthsets-checkpoint":
-        raise WeightsError(f"{path} is not a synthsets training checkpoint")
-    skeleton = json.loads(metadata["skeleton"])
-    parts = {name: _unflatten(node, tensors) for name, node in skeleton.items()}
-    return parts, json.loads(metadata["meta"])
+        raise CheckpointError(f"{path} is not a synthsets training checkpoint: {_advice(path)}")
+    try:
+        skeleton = json.loads(metadata["skeleton"])
+        meta = json.loads(metadata["meta"])
+        if not isinstance(skeleton, dict) or not isinstance(meta, dict):
+            raise TypeError("its skeleton and meta must be JSON objects")
+        parts = {name: _unflatten(node, tensors) for name, node in skeleton.items()}
+    except (KeyError, ValueError, TypeError) as err:
+        raise CheckpointError(
+            f"training checkpoint {path} has corrupt metadata ({type(err).__name__}: {err}): {_advice(path)}"
+        ) from None
+    return parts, meta
 
 
 def optimizer_state(state: dict[str, Any]) -> dict[str, Any]:

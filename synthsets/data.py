@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,18 @@ TORCHVISION_DATASETS = {
     "cifar100": ("CIFAR100", 3, 32),
 }
 _ALIASES = {"fashionmnist": "fashion-mnist", "fmnist": "fashion-mnist", "cifar-10": "cifar10", "cifar-100": "cifar100"}
+#: what torchvision looks for under ROOT, per dataset (for the "not found" hints)
+TORCHVISION_LAYOUTS = {
+    "mnist": "ROOT/MNIST/raw/ holding train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte "
+    "and t10k-labels-idx1-ubyte (uncompressed)",
+    "fashion-mnist": "ROOT/FashionMNIST/raw/ holding train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+    "t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte (uncompressed)",
+    "svhn": "ROOT/train_32x32.mat and ROOT/test_32x32.mat (the cropped-digits format; checksums are verified)",
+    "cifar10": "ROOT/cifar-10-batches-py/ holding data_batch_1 ... data_batch_5, test_batch and batches.meta "
+    "(the python version of CIFAR-10, as extracted from cifar-10-python.tar.gz; checksums are verified)",
+    "cifar100": "ROOT/cifar-100-python/ holding train, test and meta "
+    "(the python version of CIFAR-100, as extracted from cifar-100-python.tar.gz; checksums are verified)",
+}
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -75,8 +88,48 @@ def canonical_name(name: str) -> str:
     return _ALIASES.get(key.replace("-", ""), _ALIASES.get(key, key))
 
 
-def _to_uint8_tensor(dataset, size: int | None, desc: str) -> tuple[Tensor, Tensor]:
-    """Decode a torchvision-style dataset of PIL images into uint8 (N, C, H, W) and labels."""
+def torchvision_channels(data: str | Path, root: str | Path | None = None) -> int | None:
+    """Channels of the torchvision dataset :func:`load_real` would load for ``data``/``root``
+    (``None`` when ``data`` is an image folder or unknown)."""
+    name = canonical_name(str(data))
+    if name in TORCHVISION_DATASETS and (root is not None or not Path(data).expanduser().is_dir()):
+        return TORCHVISION_DATASETS[name][1]
+    return None
+
+
+def _image_folders_under(root: Path, name: str) -> list[Path]:
+    """Sub-folders of ``root`` named like dataset ``name`` (``cifar10-jpg``, not ``cifar100``) with a ``train/`` inside."""
+    pattern = re.compile(rf"(?<![a-z0-9]){re.escape(name.replace('-', ''))}(?![0-9])")
+    try:
+        return [
+            p for p in sorted(root.iterdir())
+            if pattern.search(re.sub(r"[-_ .]", "", p.name.lower())) and (p / "train").is_dir()
+        ]
+    except OSError:
+        return []
+
+
+def _not_found_message(name: str, root: Path, download: bool = False) -> str:
+    """Why ``name`` could not be loaded from ``root`` and the ways to fix it (one line)."""
+    cls_name = TORCHVISION_DATASETS[name][0]
+    where = f"{root}" if root.is_dir() else f"{root} (no such folder)"
+    folders = _image_folders_under(root, name) if root.is_dir() else []
+    example = f" (e.g. --data {folders[0]})" if folders else ""
+    fetch = (
+        "the download into --root failed too (is there a network connection?); "
+        if download
+        else "add --download to fetch it into --root (needs a network connection), "
+    )
+    return (
+        f"{cls_name} not found (or incomplete) under --root {where}: torchvision expects {TORCHVISION_LAYOUTS[name]}. "
+        f"Point --root at the folder that holds that layout, {fetch}or pass an image folder with train/ and "
+        f"test/ class sub-folders as --data{example}"
+    )
+
+
+def _to_uint8_tensor(dataset, size: int | None, desc: str, progress: bool = True) -> tuple[Tensor, Tensor]:
+    """Decode a torchvision-style dataset of PIL images into uint8 (N, C, H, W) and labels
+    (with a ``desc`` progress bar while decoding files, unless ``progress`` is false)."""
     import numpy as np
     from tqdm.auto import tqdm
 
@@ -94,7 +147,10 @@ def _to_uint8_tensor(dataset, size: int | None, desc: str) -> tuple[Tensor, Tens
         return array.contiguous().to(torch.uint8), torch.as_tensor(np.asarray(targets), dtype=torch.long)
     images, labels = [], []
     first_size = None
-    for image, label in tqdm(_decoded(dataset), total=len(dataset), desc=desc, leave=False, mininterval=1.0):
+    pairs = _decoded(dataset)
+    if progress:
+        pairs = tqdm(pairs, total=len(dataset), desc=desc, leave=False, mininterval=1.0)
+    for image, label in pairs:
         if size is not None and image.size != (size, size):
             image = image.resize((size, size), resample=_BICUBIC)
         first_size = first_size or image.size
@@ -190,15 +246,17 @@ def load_real(
     channels: int | None = None,
     download: bool = False,
     with_test: bool = True,
+    progress: bool = True,
 ) -> RealData:
     """Load a torchvision dataset by name (``mnist``, ``fashion-mnist``, ``svhn``, ``cifar10``,
     ``cifar100``) from ``root``, or an image folder (``train/`` and optional ``test/``, one
-    sub-folder per class). ``image_size`` resizes (the generator needs 28 or 32 px)."""
+    sub-folder per class). ``image_size`` resizes (the generator needs 28 or 32 px);
+    ``progress`` false hides the "reading ..." progress bars."""
     path = Path(data).expanduser()
     name = canonical_name(str(data))
     # a known name is the torchvision dataset when a root is given or no such folder exists
     if name in TORCHVISION_DATASETS and (root is not None or not path.is_dir()):
-        return _load_torchvision(name, root, image_size, download, with_test, channels, folder=path)
+        return _load_torchvision(name, root, image_size, download, with_test, channels, folder=path, progress=progress)
     if not path.is_dir():
         known = ", ".join(TORCHVISION_DATASETS)
         raise DataNotFoundError(
@@ -214,7 +272,7 @@ def load_real(
         return _assemble(path.name, str(path), classes, x_train, y_train, test)
     train_set = _image_folder(train_dir, image_size, channels)
     classes = list(train_set.classes)
-    x_train, y_train = _to_uint8_tensor(train_set, image_size, f"reading {train_dir}")
+    x_train, y_train = _to_uint8_tensor(train_set, image_size, f"reading {train_dir}", progress)
     test = None
     if with_test and test_dir is not None:
         test_set = _image_folder(test_dir, image_size, int(x_train.shape[1]))  # the train split's channels
@@ -222,7 +280,7 @@ def load_real(
             raise DataNotFoundError(
                 f"class folders differ between {train_dir} and {test_dir}: {classes} vs {test_set.classes}"
             )
-        test = _to_uint8_tensor(test_set, image_size, f"reading {test_dir}")
+        test = _to_uint8_tensor(test_set, image_size, f"reading {test_dir}", progress)
     if cache_file is not None:
         _write_cache(cache_file, classes, x_train, y_train, test)
     return _assemble(path.name, str(path), classes, x_train, y_train, test)
@@ -285,7 +343,8 @@ def _write_cache(file: Path, classes, x_train, y_train, test) -> None:
 
 
 def _load_torchvision(
-    name: str, root, image_size, download: bool, with_test: bool, channels=None, folder: Path | None = None
+    name: str, root, image_size, download: bool, with_test: bool, channels=None, folder: Path | None = None,
+    progress: bool = True,
 ) -> RealData:
     import torchvision.datasets as tvd
 
@@ -294,29 +353,29 @@ def _load_torchvision(
     if root is None:
         raise DataNotFoundError(
             f"dataset {name!r} needs a root (--root): the folder that holds it in torchvision layout "
-            f"(e.g. ROOT/{cls_name}/...); add --download to fetch it there. No root was given, "
+            f"({TORCHVISION_LAYOUTS[name]}); add --download to fetch it there. No root was given, "
             f"and there is no image folder {(folder or Path(name)).resolve()} either"
         )
     if channels is not None and channels != native_channels:
-        raise ValueError(f"{name} has {native_channels} channel(s); channels={channels} is not supported for it")
-    root = Path(root).expanduser()
+        raise ValueError(
+            f"{name} has {native_channels} channel(s); it cannot be loaded with channels={channels} "
+            f"(pass channels=None or {native_channels})"
+        )
+    root = Path(root).expanduser().resolve()
 
     def make(train: bool):
         kwargs = {"split": "train" if train else "test"} if cls_name == "SVHN" else {"train": train}
         try:
             return cls(str(root), download=download, **kwargs)
-        except RuntimeError as err:  # torchvision: "Dataset not found. You can use download=True..."
-            raise DataNotFoundError(
-                f"{cls_name} not found under {root.resolve()} ({err}). Point --root at the folder that "
-                f"holds it (for MNIST: ROOT/MNIST/raw/*-ubyte), or add --download on a connected machine"
-            ) from None
+        except RuntimeError:  # torchvision: "Dataset not found or corrupted. You can use download=True..."
+            raise DataNotFoundError(_not_found_message(name, root, download)) from None
         except OSError as err:
             raise DataNotFoundError(f"could not read or download {cls_name} into {root}: {err}") from None
 
     train_set = make(True)
     classes = [str(c) for c in getattr(train_set, "classes", [])] or [str(i) for i in range(10)]
-    x_train, y_train = _to_uint8_tensor(train_set, image_size, f"reading {cls_name} train")
-    test = _to_uint8_tensor(make(False), image_size, f"reading {cls_name} test") if with_test else None
+    x_train, y_train = _to_uint8_tensor(train_set, image_size, f"reading {cls_name} train", progress)
+    test = _to_uint8_tensor(make(False), image_size, f"reading {cls_name} test", progress) if with_test else None
     return _assemble(name, str(root), classes, x_train, y_train, test)
 
 

@@ -32,7 +32,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +48,7 @@ from .dataset import _mix_seed, resolve_device
 from .discriminator import Discriminator, gradient_penalty
 from .generator import Generator, GeneratorConfig
 from .hub import WeightsError, atomic_write_text
-from .models import POOL, create_model, preferred_memory_format
+from .models import POOL, create_model, is_model, list_models, preferred_memory_format
 
 PRESETS: dict[str, dict[str, Any]] = {
     # the paper / reference code
@@ -128,8 +128,121 @@ class DistillConfig:
     preset: str | None = None
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        for name in ("data", "root", "out"):  # paths as str (the config is saved as JSON)
+            if isinstance(getattr(self, name), os.PathLike):
+                setattr(self, name, os.fspath(getattr(self, name)))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` (a ``ValueError``) for the first bad setting.
+
+        Called on construction and again by :class:`Distiller` (fields may be changed in
+        between), so a bad value fails before any data is loaded or any step is run."""
+        for name in ("width", "disc_width", "noise_dim", "batch_size", "inner_steps", "samples_per_class"):
+            _check_int(self, name, minimum=1)
+        for name in ("steps_per_epoch", "stage2_steps_per_epoch"):
+            hint = "leave it unset for one pass over the training set" if name == "steps_per_epoch" else (
+                "leave it unset for the stage-1 number of steps"
+            )
+            _check_int(self, name, minimum=1, optional=True, hint=hint)
+        _check_int(self, "pool_width", minimum=1, optional=True, hint="leave it unset for ConvNet width 128")
+        for name in ("stage1_epochs", "stage2_epochs"):
+            _check_int(self, name, minimum=0, hint="0 skips the stage")
+        if self.stage1_epochs == 0 and self.stage2_epochs == 0:
+            raise ConfigError(
+                ("stage1_epochs", "stage2_epochs"),
+                "{} and {} are both 0, which would publish an untrained generator: "
+                "give at least one stage a positive number of epochs",
+            )
+        _check_int(self, "seed")
+        for name in ("lr", "stage2_lr", "inner_lr"):
+            _check_float(self, name, positive=True)
+        for name in ("gp_weight", "inner_weight_decay"):
+            _check_float(self, name)
+        _check_float(self, "match_weight", hint="0 leaves the GAN loss alone")
+        for name in ("stage1_minutes", "stage2_minutes"):
+            _check_float(self, name, positive=True, optional=True, finite=False,
+                         hint="leave it unset for no time limit; set the stage's epochs to 0 to skip it")
+        _check_float(self, "inner_momentum", below_one=True)
+        betas = self.betas
+        if (
+            not isinstance(betas, (tuple, list))
+            or len(betas) != 2
+            or not all(_is_real(b) and 0 <= b < 1 for b in betas)
+        ):
+            raise _bad("betas", f"must be two Adam betas in [0, 1), got {betas!r}")
+        if self.image_size not in (None, 28, 32):
+            raise _bad("image_size", f"must be 28 or 32 (or unset to keep the data's size), got {self.image_size!r}")
+        if not isinstance(self.data, str) or not self.data.strip():
+            raise _bad("data", f"must be a str naming a dataset or an image folder, got {self.data!r}")
+        if not isinstance(self.out, str) or not self.out.strip():
+            raise _bad("out", f"must be a str naming the output folder, got {self.out!r}")
+        if self.preset is not None and self.preset not in PRESETS:
+            raise _bad("preset", f"names an unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
+        pool = self.pool
+        if isinstance(pool, str) or not isinstance(pool, (list, tuple)) or not pool:
+            raise _bad("pool", f"must be a non-empty list of model names (e.g. {list(POOL)}), got {pool!r}")
+        unknown = [name for name in pool if not is_model(name)]
+        if unknown:
+            raise _bad(
+                "pool",
+                f"has unknown models {unknown}: use synthsets models ({list_models()}) or timm model names",
+            )
+
     def to_json(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+class ConfigError(ValueError):
+    """A bad :class:`DistillConfig` setting. ``str(err)`` names the fields as
+    ``DistillConfig.<field>``; :meth:`render` names them another way (the CLI's options)."""
+
+    def __init__(self, fields: Sequence[str], template: str) -> None:
+        self.fields = tuple(fields)
+        self.template = template  # a str.format template with one ``{}`` per field
+        super().__init__(self.render(lambda name: f"DistillConfig.{name}"))
+
+    def render(self, name: Callable[[str], str]) -> str:
+        """The message with each field shown as ``name(field)``."""
+        return self.template.format(*(name(f) for f in self.fields))
+
+
+def _bad(field_name: str, problem: str) -> ConfigError:
+    """``ConfigError`` for one field: "<field> <problem>" (``problem`` is literal text)."""
+    return ConfigError((field_name,), "{} " + problem.replace("{", "{{").replace("}", "}}"))
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_int(config: DistillConfig, name: str, minimum: int | None = None, optional: bool = False, hint: str = "") -> None:
+    value = getattr(config, name)
+    if value is None and optional:
+        return
+    kind = "an int" if minimum is None else ("a positive int" if minimum == 1 else f"an int >= {minimum}")
+    if not isinstance(value, int) or isinstance(value, bool) or (minimum is not None and value < minimum):
+        raise _bad(name, f"must be {kind}, got {value!r}" + (f" ({hint})" if hint else ""))
+
+
+def _check_float(
+    config: DistillConfig,
+    name: str,
+    positive: bool = False,
+    optional: bool = False,
+    finite: bool = True,
+    below_one: bool = False,
+    hint: str = "",
+) -> None:
+    value = getattr(config, name)
+    if value is None and optional:
+        return
+    ok = _is_real(value) and not math.isnan(value) and (not finite or math.isfinite(value))
+    ok = ok and (value > 0 if positive else value >= 0) and (not below_one or value < 1)
+    if not ok:
+        kind = "a number > 0" if positive else ("a number in [0, 1)" if below_one else "a number >= 0")
+        raise _bad(name, f"must be {kind}, got {value!r}" + (f" ({hint})" if hint else ""))
 
 
 # -- distributed helpers ----------------------------------------------------------------
@@ -228,6 +341,14 @@ def _running_stats_as_two_passes(module: nn.Module) -> Iterator[None]:
         m.num_batches_tracked.add_(1)  # the second forward's count
 
 
+def _check_out(out: Path) -> None:
+    """The output folder must be a folder (or not exist yet), as must every existing parent."""
+    for path in (out, *out.parents):
+        if path.exists() and not path.is_dir():
+            where = f"{out} is a file" if path == out else f"{out}: {path} is a file"
+            raise _bad("out", f"{where}; give a folder path")
+
+
 GRAPH_WARMUP_STEPS = 3  # eager steps per epoch before the step is captured as a CUDA graph
 
 
@@ -236,6 +357,8 @@ class Distiller:
     """Runs stage 1 and stage 2 with checkpoints, logs, sample grids and a model card."""
 
     def __init__(self, config: DistillConfig, real: RealData | None = None) -> None:
+        config.validate()  # again: fields may have been changed since construction
+        _check_out(Path(config.out))
         self.cfg = config
         self.device, self.rank, self.world, self._started_dist = _setup_distributed(config.device)
         try:
@@ -248,7 +371,8 @@ class Distiller:
         self.out = Path(config.out)
         self.is_main = self.rank == 0
         if real is None:
-            real = load_real(config.data, config.root, image_size=config.image_size, download=config.download)
+            real = load_real(config.data, config.root, image_size=config.image_size, download=config.download,
+                             progress=config.progress and self.is_main)
         if real.image_size not in (28, 32):
             raise ValueError(
                 f"{config.data} has {real.image_size}x{real.image_size} images; DiM generators make 28 or 32 px: "
@@ -322,9 +446,9 @@ class Distiller:
         # from the size of the smallest shard, so that every rank runs the same number of
         # steps (DDP needs matching collectives)
         full = max(1, (len(self.real.train) // self.world) // self.cfg.batch_size)
-        if stage == 2 and self.cfg.stage2_steps_per_epoch:
+        if stage == 2 and self.cfg.stage2_steps_per_epoch is not None:
             return self.cfg.stage2_steps_per_epoch
-        return min(full, self.cfg.steps_per_epoch) if self.cfg.steps_per_epoch else full
+        return full if self.cfg.steps_per_epoch is None else min(full, self.cfg.steps_per_epoch)
 
     def _batches(self, steps: int) -> list[Tensor]:
         """Index batches for one epoch, drawn on the device (shuffled passes over the shard)."""
@@ -520,13 +644,21 @@ class Distiller:
         if changed:
             shown = ", ".join(f"{k}: {a} in the checkpoint, {b} now" for k, (a, b) in changed.items())
             raise ValueError(f"cannot resume {self.checkpoint_path}: the settings differ ({shown})")
-        self.G.load_state_dict(parts["generator"])
-        self.D.load_state_dict(parts["discriminator"])
-        self.opt_g.load_state_dict(optimizer_state(parts["opt_g"]))
-        self.opt_d.load_state_dict(optimizer_state(parts["opt_d"]))
+        try:
+            epoch = int(meta["epoch"])
+            self.G.load_state_dict(parts["generator"])
+            self.D.load_state_dict(parts["discriminator"])
+            self.opt_g.load_state_dict(optimizer_state(parts["opt_g"]))
+            self.opt_d.load_state_dict(optimizer_state(parts["opt_d"]))
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:  # e.g. a run on other data
+            detail = f"{type(err).__name__}: {err}".splitlines()[0]
+            raise ValueError(
+                f"cannot resume {self.checkpoint_path}: it does not fit this run ({detail}); "
+                "resume with the data and settings it was made with, delete it to start over, or choose another --out"
+            ) from None
         for opt in (self.opt_g, self.opt_d):  # the checkpoint may come from a run on another device
             _set_capturable(opt, self.use_cuda_graphs)
-        self.epoch = int(meta["epoch"])
+        self.epoch = epoch
 
     def save_generator(self, folder: Path, card_text: str | None = None) -> None:
         self.G.eval()
@@ -678,6 +810,24 @@ def apply_preset(config: DistillConfig, explicit: Sequence[str] = ()) -> Distill
 
 
 # -- CLI -----------------------------------------------------------------------------------
+def _preset_help() -> str:
+    """``--preset`` help: every preset, with the main values it sets."""
+    def shown(name: str) -> str:
+        v = PRESETS[name]
+        return (
+            f"width {v['width']}/{v['disc_width']}, {v['stage1_epochs']}+{v['stage2_epochs']} epochs of "
+            f"{v['steps_per_epoch']}/{v['stage2_steps_per_epoch']} steps, {v['inner_steps']} inner steps, "
+            f"pool {' '.join(v['pool'])} at width {v['pool_width']}"
+        )
+
+    return (
+        "fill every option not given on the command line from a preset: "
+        "paper: the paper's settings (the defaults shown here); "
+        f"cpu-small: MNIST on a 2-core CPU in well under an hour ({shown('cpu-small')}); "
+        f"tiny: a seconds-long smoke run for tests and CI ({shown('tiny')}, batch {PRESETS['tiny']['batch_size']})"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = DistillConfig()
     p = argparse.ArgumentParser(
@@ -690,33 +840,51 @@ def build_parser() -> argparse.ArgumentParser:
     a("--download", action="store_true", help="let torchvision download the named dataset into --root")
     a("--out", required=True, help="output folder (generator, model card, samples, log, checkpoints)")
     a("--image-size", type=int, choices=(28, 32), help="resize images to this size")
-    a("--preset", choices=sorted(PRESETS), help="a reduced configuration (cpu-small: MNIST on a laptop CPU)")
+    a("--preset", choices=sorted(PRESETS), help=_preset_help())
     a("--width", type=int, default=d.width, help="generator width (paper: 196)")
     a("--disc-width", type=int, default=d.disc_width, help="discriminator width (paper: 196)")
-    a("--noise-dim", type=int, default=d.noise_dim)
-    a("--stage1-epochs", type=int, default=d.stage1_epochs)
-    a("--stage2-epochs", type=int, default=d.stage2_epochs)
+    a("--noise-dim", type=int, default=d.noise_dim,
+      help="length of the generator's input vector z; its first (number of classes) entries carry the one-hot label "
+      "(default: %(default)s)")
+    a("--stage1-epochs", type=int, default=d.stage1_epochs,
+      help="epochs of stage 1, the conditional AC-WGAN-GP alone; 0 skips it (default: %(default)s)")
+    a("--stage2-epochs", type=int, default=d.stage2_epochs,
+      help="epochs of stage 2, the GAN plus logits matching against a fresh pool model per epoch; 0 skips it "
+      "(default: %(default)s)")
     a("--steps-per-epoch", type=int, help="cap generator steps per epoch (default: a pass over the data)")
-    a("--stage2-steps-per-epoch", type=int, help="generator steps per stage-2 epoch")
-    a("--batch-size", type=int, default=d.batch_size)
+    a("--stage2-steps-per-epoch", type=int,
+      help="generator steps per stage-2 epoch (default: as in stage 1)")
+    a("--batch-size", type=int, default=d.batch_size,
+      help="real and generated images per step, and per step of the pool model (default: %(default)s)")
     a("--lr", type=float, default=d.lr, help="Adam learning rate of G and D (stage 1)")
     a("--stage2-lr", type=float, default=d.stage2_lr, help="generator learning rate in stage 2 (reference: 5e-6)")
-    a("--match-weight", "--lambda", dest="match_weight", type=float, default=d.match_weight)
+    a("--match-weight", "--lambda", dest="match_weight", type=float, default=d.match_weight,
+      help="weight lambda of the logits-matching loss L_m in the stage-2 generator loss; 0 leaves the GAN loss alone "
+      "(default: %(default)s)")
     a("--pool", nargs="+", default=d.pool, help="models pool (synthsets or timm names)")
     a("--pool-width", type=int, help="width of ConvNet pool models (default 128)")
     a("--inner-steps", type=int, default=d.inner_steps, help="SGD steps of the pool model per generator step")
     a("--no-siamese", dest="siamese", action="store_false", help="per-index instead of one shared DSA draw")
-    a("--seed", type=int, default=d.seed)
+    a("--seed", type=int, default=d.seed,
+      help="random seed of the initialisation, the batches, the noise and the pool-model draws (default: %(default)s)")
     a("--device", help="cuda, cuda:1, cpu (default: CUDA when present)")
     a("--stage1-minutes", type=float, help="stop stage 1 after this many minutes (at an epoch boundary)")
     a("--stage2-minutes", type=float, help="stop stage 2 after this many minutes (at an epoch boundary)")
-    a("--samples-per-class", type=int, default=d.samples_per_class)
+    a("--samples-per-class", type=int, default=d.samples_per_class,
+      help="images per class in the sample grid saved to OUT/samples/ after every epoch (default: %(default)s)")
     a("--resume", action="store_true", help="continue from OUT/checkpoints/last.safetensors")
     a("--push-to-hub", metavar="REPO_ID", help="upload the output folder to this Hub repo at the end")
     a("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
       help="run every step eagerly on CUDA (default: replay each step as a CUDA graph)")
-    a("--no-progress", dest="progress", action="store_false")
+    a("--no-progress", dest="progress", action="store_false",
+      help="no progress bar and no per-epoch loss line on stderr (OUT/log.jsonl is written either way)")
     return p
+
+
+def _option_names(parser: argparse.ArgumentParser) -> Callable[[str], str]:
+    """Map a DistillConfig field to its command-line option(s), e.g. ``--match-weight/--lambda``."""
+    options = {action.dest: "/".join(action.option_strings) for action in parser._actions if action.option_strings}
+    return lambda name: options.get(name, f"DistillConfig.{name}")
 
 
 def _explicit_flags(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
@@ -734,11 +902,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     given = _explicit_flags(parser, argv)
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(DistillConfig) if hasattr(args, f.name)}
-    config = apply_preset(DistillConfig(**values), explicit=given)
     try:
+        config = apply_preset(DistillConfig(**values), explicit=given)  # checks every setting
         if resolve_device(config.device).type == "cpu":
             tune_cpu_allocator()  # a command line owns its process: keep freed memory for reuse
         out = _run(config, resume=args.resume)  # the preset is applied already (explicit flags win)
+    except ConfigError as err:  # name the command-line option, not the DistillConfig field
+        print(f"error: {err.render(_option_names(parser))}", file=sys.stderr)
+        return 2
     except (FileNotFoundError, FileExistsError, ValueError, WeightsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

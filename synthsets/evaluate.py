@@ -28,7 +28,9 @@ Library use::
     records = evaluate(["runs/mnist"], baselines=["random-real"], root="DATA", inpc=[10], runs=3)
 
 Outputs (``--out``): ``results.json`` (one record per run), ``results.md`` (a Markdown
-table) and ``accuracy_vs_inpc.png`` (when matplotlib is installed).
+table, with the images each epoch held: in reference mode INPCs with ``C * INPC < 128``
+all train on 128 images per epoch) and ``accuracy_vs_inpc.png`` (when matplotlib is
+installed).
 """
 
 from __future__ import annotations
@@ -52,9 +54,10 @@ from torch import Tensor, nn
 
 from .allocator import tune_cpu_allocator
 from .augment import DSA, cutmix
-from .data import RealData, RealSplit, load_real
+from .data import RealData, RealSplit, canonical_name, load_real, torchvision_channels
 from .dataset import SyntheticDataset, _generation_dtype, _make_augment, _mix_seed, dtype_name, resolve_device
 from .generator import Generator
+from .hub import WeightsError, list_pretrained
 from .models import create_model, preferred_memory_format
 
 __all__ = [
@@ -549,6 +552,29 @@ def _check_compatible(source: Source, real: RealData) -> None:
         )
 
 
+def _channel_mismatch(source: Source, data: str, native: int) -> str:
+    """The error for a generator source whose images have other channels than the named dataset's."""
+    made = source.generator.config.channels
+    name = canonical_name(data)
+    bundled = [n for n in list_pretrained() if canonical_name(n) == name]
+    fix = f"e.g. --generator {bundled[0]}" if bundled else f"train one with python -m synthsets.distill --data {data}"
+    return (
+        f"generator {source.label!r} makes {made}-channel images but {data} has {native} channel"
+        f"{'s' if native != 1 else ''}; use a generator trained on {data} ({fix})"
+    )
+
+
+def _out_problem(out: str | Path, flag: str = "--out ") -> str | None:
+    """Why ``out`` cannot be an output folder (it or a parent is a file), else ``None``."""
+    path = Path(out).expanduser()
+    if path.exists() and not path.is_dir():
+        return f"{flag}{out} is a file; give a folder path"
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            return f"{flag}{out} lies under {parent}, which is a file; give a folder path"
+    return None
+
+
 def evaluate_source(
     source: Source | Generator | str,
     real: RealData,
@@ -750,6 +776,14 @@ def evaluate(
             raise ValueError("baselines need the real data: pass data= (--data) or a generator")
         for key in keys:
             groups.setdefault(key, []).extend(Source.baseline(b, key) for b in baselines)
+    if real is None:  # a generator that cannot fit a named dataset fails before any data is read
+        for key, group in groups.items():
+            native = torchvision_channels(key, root)
+            for s in group:
+                if native is not None and s.generator is not None and s.generator.config.channels != native:
+                    raise ValueError(_channel_mismatch(s, key, native))
+    if out is not None and _out_problem(out) is not None:
+        raise ValueError(_out_problem(out, "out="))
 
     def get_real(key: str) -> RealData:
         if real is not None:
@@ -763,7 +797,7 @@ def evaluate(
             channels = {c.channels for c in gens}
             real_cache[key] = load_real(
                 key, root, image_size=size, download=download, with_test=True,
-                channels=channels.pop() if len(channels) == 1 else None,
+                channels=channels.pop() if len(channels) == 1 else None, progress=progress,
             )
         return real_cache[key]
 
@@ -894,6 +928,19 @@ def _fmt(mean: float, std: float, runs: int) -> str:
     return f"{mean:.2f} ± {std:.2f}" if runs > 1 else f"{mean:.2f}"
 
 
+def _epoch_images_text(settings: dict[str, Any]) -> str:
+    """How many images an epoch holds, in words (for the protocol line)."""
+    batch = settings.get("batch_size")
+    if settings.get("epoch_images") == "reference":
+        return (
+            f"(C·INPC // {batch} + 1) × {batch} images per epoch as in the reference code (at least {batch}, so "
+            f"INPCs with C·INPC < {batch} train on the same number of images; see the images/epoch column)"
+        )
+    if settings.get("epoch_images") == "exact":
+        return "C·INPC images per epoch"
+    return f"{settings.get('epoch_images')} images per epoch"
+
+
 def _protocol_line(rows: Sequence[dict[str, Any]]) -> str:
     if not rows:
         return ""
@@ -903,7 +950,7 @@ def _protocol_line(rows: Sequence[dict[str, Any]]) -> str:
         aug = s.get("augment", "none")
         parts.append(
             f"SGD lr {s.get('lr')} momentum {s.get('momentum')} wd {s.get('weight_decay')} ({s.get('schedule')} schedule), "
-            f"batch {s.get('batch_size')}, {s.get('epoch_images')} images per epoch"
+            f"batch {s.get('batch_size')}, {_epoch_images_text(s)}"
         )
         parts.append(f"DSA {aug}" if aug != "none" else "no DSA")
         if s.get("cutmix"):
@@ -920,24 +967,35 @@ def _protocol_line(rows: Sequence[dict[str, Any]]) -> str:
 def markdown_table(records: Sequence[dict[str, Any]], *, header: bool = True) -> str:
     """A Markdown table: one row per dataset x source x INPC x model.
 
-    Columns: final accuracy (mean ± std), best of the periodic test evaluations (only
-    when runs were tested periodically, else "—") and the number of runs.
+    Columns: images per training epoch (see :func:`images_per_epoch`), final accuracy
+    (mean ± std), best of the periodic test evaluations (only when runs were tested
+    periodically, else "—") and the number of runs.
     """
     rows = summarize(records)
     lines = []
     if header and rows:
         lines += [_protocol_line(rows), ""]
     lines += [
-        "| dataset | source | INPC | model | accuracy (%) | best (periodic) | runs |",
-        "|---|---|---:|---|---:|---:|---:|",
+        "| dataset | source | INPC | model | images/epoch | accuracy (%) | best (periodic) | runs |",
+        "|---|---|---:|---|---:|---:|---:|---:|",
     ]
     for r in rows:
         best = _fmt(r["best_mean"], r["best_std"], r["runs"]) if r["periodic"] else "—"
+        n_images = (r["settings"] or {}).get("images_per_epoch", "—")
         lines.append(
-            f"| {r['dataset']} | {r['source']} | {r['inpc']} | {r['model']} | "
+            f"| {r['dataset']} | {r['source']} | {r['inpc']} | {r['model']} | {n_images} | "
             f"{_fmt(r['final_mean'], r['final_std'], r['runs'])} | {best} | {r['runs']} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _inpc_axis_label(rows: Sequence[dict[str, Any]]) -> str:
+    """The plot's x label: in reference mode it gives the epoch size, which is not C*INPC."""
+    settings = (rows[0]["settings"] or {}) if rows else {}
+    if settings.get("epoch_images") == "reference":
+        batch = settings.get("batch_size")
+        return f"INPC (epochs of (C·INPC // {batch} + 1) × {batch} images)"
+    return "images per class per epoch (INPC)"
 
 
 def plot_accuracy(records: Sequence[dict[str, Any]], path: str | Path) -> Path | None:
@@ -973,7 +1031,7 @@ def plot_accuracy(records: Sequence[dict[str, Any]], path: str | Path) -> Path |
         ax.set_xticklabels([str(v) for v in inpcs])
         ax.minorticks_off()
         ax.set_title(f"{dataset} / {model}")
-        ax.set_xlabel("images per class per epoch (INPC)")
+        ax.set_xlabel(_inpc_axis_label(panel))
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -1043,12 +1101,27 @@ def update_cards(records: Sequence[dict[str, Any]], sources: Sequence[Source] | 
 # ----------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
     d = ProtocolConfig()
+    prog = "python -m synthsets.evaluate"
     p = argparse.ArgumentParser(
-        prog="python -m synthsets.evaluate",
+        prog=prog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage=(
+            f"{prog} --generator SPEC... [--baselines NAME...] [options]\n"
+            f"       {prog} --baselines NAME... --data DATA [options]\n"
+            f"       {prog} merge RESULTS... [--out OUT] [--update-card]"
+        ),
         description=(
-            "Evaluate DiM generators with the paper's deployment protocol: train fresh models on images "
-            "drawn from each generator (and from real-data baselines) and test them on the real test set. "
-            "Merge shard results with: python -m synthsets.evaluate merge DIR... [--out OUT]"
+            "Evaluate DiM generators with the paper's deployment protocol: train fresh models on images\n"
+            "drawn from each generator (and from real-data baselines) and test them on the real test set."
+        ),
+        epilog=(
+            "merging results:\n"
+            f"  {prog} merge RESULTS... [--out OUT] [--update-card]\n"
+            "      combines results folders or JSON files (e.g. one per --shard or torchrun rank) into one\n"
+            "      results.json, results.md and accuracy_vs_inpc.png in OUT (default: the first folder);\n"
+            f"      see: {prog} merge --help\n"
+            f"  {prog} --merge RESULTS... --out OUT\n"
+            "      does the same."
         ),
     )
     a = p.add_argument
@@ -1062,24 +1135,31 @@ def build_parser() -> argparse.ArgumentParser:
     a("--root", help="folder holding the torchvision dataset")
     a("--download", action="store_true", help="let torchvision download the named dataset into --root")
     a("--image-size", type=int, help="resize the real images (default: the generator's size)")
-    a("--inpc", nargs="+", type=int, default=[1, 10, 50], help="images per class per epoch (default: 1 10 50)")
+    a("--inpc", nargs="+", type=int, default=[1, 10, 50],
+      help="images per class per epoch (default: 1 10 50). In reference mode (--epoch-images) an epoch holds "
+      "(C*INPC//batch + 1)*batch images, at least one batch, so small INPCs share that 128-image floor (batch "
+      "128): with 10 classes INPC 1 and INPC 10 both train on 128 fresh images per epoch and give the same "
+      "results; "
+      "--epoch-images exact uses C*INPC. The results table lists the images per epoch of every row")
     a("--models", nargs="+", default=["convnet3"], help="evaluation models: convnet3, resnet10, resnet18(_ap), vgg11, "
       "alexnet or any timm name (default: convnet3)")
     a("--runs", type=int, default=5, help="independent runs per row (default 5)")
-    a("--seed", type=int, default=0, help="run r uses seed SEED + r")
+    a("--seed", type=int, default=0, help="run r uses seed SEED + r (default 0)")
     a("--epochs", type=int, default=d.epochs, help=f"training epochs (default {d.epochs})")
     a("--epoch-images", choices=EPOCH_IMAGES, default=d.epoch_images,
-      help="images per epoch: reference = (C*INPC//batch + 1) batches as in the reference code; exact = C*INPC")
-    a("--lr", type=float, default=d.lr)
-    a("--momentum", type=float, default=d.momentum)
-    a("--weight-decay", type=float, default=d.weight_decay)
-    a("--batch-size", type=int, default=d.batch_size)
+      help="images per epoch: reference = (C*INPC//batch + 1) batches as in the paper's reference code "
+      "(default); exact = C*INPC")
+    a("--lr", type=float, default=d.lr, help=f"SGD learning rate (default {d.lr}, the paper's)")
+    a("--momentum", type=float, default=d.momentum, help=f"SGD momentum (default {d.momentum}, the paper's)")
+    a("--weight-decay", type=float, default=d.weight_decay, help=f"SGD weight decay (default {d.weight_decay}, the paper's)")
+    a("--batch-size", type=int, default=d.batch_size, help=f"training batch size (default {d.batch_size}, the paper's)")
     a("--schedule", choices=SCHEDULES, default=d.schedule, help="step: lr x0.1 at half the epochs (default)")
     a("--augment", default=d.augment, help="DSA strategy applied per sample (default color_crop; none disables)")
-    a("--cutmix", dest="cutmix", action="store_true", default=d.cutmix, help="CutMix after DSA (default on)")
-    a("--no-cutmix", dest="cutmix", action="store_false")
-    a("--cutmix-beta", type=float, default=d.cutmix_beta)
-    a("--cutmix-prob", type=float, default=d.cutmix_prob)
+    a("--cutmix", dest="cutmix", action="store_true", default=d.cutmix,
+      help="CutMix after DSA, as in the paper (the default: this flag is kept for compatibility; --no-cutmix turns it off)")
+    a("--no-cutmix", dest="cutmix", action="store_false", help="train without CutMix")
+    a("--cutmix-beta", type=float, default=d.cutmix_beta, help=f"CutMix Beta(beta, beta) parameter (default {d.cutmix_beta})")
+    a("--cutmix-prob", type=float, default=d.cutmix_prob, help=f"probability of CutMix per batch (default {d.cutmix_prob})")
     a("--test-interval", type=int, default=0, help="also test every N epochs (best periodic accuracy reported "
       "separately); default 0: test only after the last epoch")
     a("--device", help="cuda, cuda:1, cpu (default: CUDA when present; under torchrun cuda:LOCAL_RANK)")
@@ -1092,15 +1172,17 @@ def build_parser() -> argparse.ArgumentParser:
     a("--out", help="output folder for results.json, results.md and accuracy_vs_inpc.png")
     a("--resume", action="store_true", help="skip runs already in OUT's results file")
     a("--shard", help="run only slice i of n of the job list (0-based i/n; default under torchrun: RANK/WORLD_SIZE)")
-    a("--merge", nargs="+", metavar="DIR", help="merge results files/folders into --out instead of evaluating")
+    a("--merge", nargs="+", metavar="RESULTS", help="merge results files/folders into --out instead of evaluating "
+      "(the same as the merge subcommand, see below)")
     a("--update-card", action="store_true", help="write the results table into each local generator folder's README.md")
-    a("--no-progress", dest="progress", action="store_false")
+    a("--no-progress", dest="progress", action="store_false",
+      help="no progress bars (runs, training epochs and reading the real data)")
     return p
 
 
 def _merge_main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m synthsets.evaluate merge", description="Merge results into one table.")
-    p.add_argument("paths", nargs="+", help="results folders or JSON files")
+    p.add_argument("paths", nargs="+", metavar="RESULTS", help="results folders or JSON files")
     p.add_argument("--out", help="output folder (default: the first folder given)")
     p.add_argument("--update-card", action="store_true", help="write the table into local generator folders' README.md")
     args = p.parse_args(argv)
@@ -1108,6 +1190,10 @@ def _merge_main(argv: Sequence[str]) -> int:
 
 
 def _do_merge(paths: Sequence[str], out: str | None, update_card: bool = False) -> int:
+    problem = _out_problem(out) if out is not None else None
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     try:
         records = merge(paths, out)
     except (FileNotFoundError, ValueError) as err:
@@ -1144,6 +1230,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.generators and not args.baselines:
         print("error: give --generator SPEC... and/or --baselines random-real whole", file=sys.stderr)
         return 2
+    problem = _out_problem(args.out) if args.out else None
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     try:
         shard = parse_shard(args.shard)
         config = ProtocolConfig(
@@ -1160,7 +1250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if resolve_device(device).type == "cpu":
             tune_cpu_allocator()  # a command line owns its process: keep freed memory for reuse
         sources = [Source.from_spec(spec) for spec in args.generators]
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, WeightsError) as err:  # WeightsError: corrupt or mismatched files
         print(f"error: {err}", file=sys.stderr)
         return 2
     joined = _init_distributed(world) if torchrun else False
@@ -1172,7 +1262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             config=config, device=device, shard=shard, out=out, resume=args.resume, progress=args.progress,
             compile=args.compile, generation_dtype=args.generation_dtype,
         )
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, FileExistsError, ValueError, WeightsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if shard[1] > 1:

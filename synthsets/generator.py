@@ -161,12 +161,45 @@ class Generator(nn.Module):
         x = self.fc(z).view(z.shape[0], self.config.width, 4, 4)
         return self.body(x)
 
+    @torch.no_grad()
     def generate(self, labels: Tensor | Sequence[int], generator: torch.Generator | None = None) -> Tensor:
-        """Images in ``[-1, 1]`` for the given labels (no augmentation, no normalisation)."""
+        """Images in ``[-1, 1]`` for the given labels (no augmentation, no normalisation).
+
+        Runs without autograd: the images carry no graph. To backpropagate through the
+        generator (training), call it instead: ``generator(generator.make_noise(labels))``.
+        """
         labels = torch.as_tensor(labels, dtype=torch.long, device=self.device)
         if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
             raise ValueError(f"labels must lie in [0, {self.num_classes - 1}]")
         return self(self.make_noise(labels, generator))
+
+    def _weights_hints(self, state: dict[str, Tensor]) -> list[str]:
+        """Config values that the shapes in ``state`` contradict, as hints for a load error.
+
+        E.g. ``["the weights look like width 196 but config.json says 128"]``; num_classes
+        cannot be read from the weights (the label is coded in the noise).
+        """
+        c = self.config
+        implied: dict[str, int | None] = {}
+        fc = state.get("fc.0.weight")  # Linear (width * 16, noise_dim)
+        if fc is not None and fc.dim() == 2:
+            implied["noise_dim"] = fc.shape[1]
+            implied["width"] = fc.shape[0] // 16 if fc.shape[0] % 16 == 0 else None
+        bn = state.get("body.1.weight")  # the first BatchNorm2d (width,)
+        if bn is not None and bn.dim() == 1:
+            implied["width"] = bn.shape[0]
+        first = state.get("body.0.weight")  # ConvTranspose2d (width, width, k, k): k 4 -> 32px, 3 -> 28px
+        if first is not None and first.dim() == 4:
+            implied["image_size"] = {4: 32, 3: 28}.get(first.shape[-1])
+        last = len(self.body) - 2  # the output Conv2d (channels, width, 3, 3), before Tanh
+        out = state.get(f"body.{last}.weight")
+        if out is not None and out.dim() == 4:
+            implied["channels"] = out.shape[0]
+        return [
+            f"the weights look like {name} {value} but config.json says {getattr(c, name)}"
+            for name, value in implied.items()
+            if value is not None and value != getattr(c, name)
+        ]
 
     # -- persistence ------------------------------------------------------------------
     def save_pretrained(self, save_directory: str | Path, dtype: torch.dtype | None = None) -> Path:
@@ -192,7 +225,13 @@ class Generator(nn.Module):
         force_download: bool = False,
         map_location: str | torch.device = "cpu",
     ) -> "Generator":
-        """Load from a short name (``"mnist"``), a local folder or a Hub repo id, strictly."""
+        """Load from a short name (``"mnist"``), a local folder or a Hub repo id, strictly.
+
+        ``map_location`` is checked first (``"cuda"`` without CUDA is a ``ValueError``).
+        """
+        from .dataset import resolve_device  # (dataset imports this module)
+
+        device = resolve_device(map_location) if map_location is not None else torch.device("cpu")
         folder = hub.resolve(
             pretrained,
             filenames=(CONFIG_NAME, WEIGHTS_NAME),
@@ -202,11 +241,16 @@ class Generator(nn.Module):
             token=token,
             force_download=force_download,
         )
-        config = GeneratorConfig.from_dict(hub.read_json(folder / CONFIG_NAME))
+        config_path = folder / CONFIG_NAME
+        data = hub.read_json(config_path)
+        try:
+            config = GeneratorConfig.from_dict(data)
+        except (TypeError, ValueError) as err:  # e.g. "width": "196", or 10 names for 5 classes
+            raise ValueError(f"invalid {config_path}: {err}; fix that value or re-save the generator") from None
         model = cls(config)
-        hub.load_weights_strict(model, folder / WEIGHTS_NAME)
+        hub.load_weights_strict(model, folder / WEIGHTS_NAME, hints=model._weights_hints)
         model.source = str(pretrained)
-        return model.to(map_location).eval()
+        return model.to(device).eval()
 
     def push_to_hub(
         self,

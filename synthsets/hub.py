@@ -9,6 +9,9 @@ Resolution order for :func:`resolve` (used by ``Generator.from_pretrained`` and
 3. a short name's Hub repo (``synthsets/dim-<name>``) or any ``owner/name`` repo id,
    downloaded through ``huggingface_hub`` (its cache, ``HF_HUB_OFFLINE``, tokens...).
 
+Strings that can only be paths (``"./x"``, ``"/x"``, ``"~/x"``, ``"x/"``, ``"a/b/c"``) never
+go to the Hub. Errors suggest a close bundled name for a typo (``"mnsit"``).
+
 Weights are only ever read from safetensors files, with strict key and shape checks.
 """
 
@@ -19,7 +22,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -111,29 +114,47 @@ def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
         ) from None
 
 
-def load_weights_strict(model: nn.Module, path: str | Path) -> None:
-    """Load safetensors weights into ``model``; every key must exist with the right shape."""
+def _first(items: list[str], what: str = "", sep: str = ", ", shown: int = 3) -> str:
+    """The first ``shown`` of ``items`` joined, then a count of the rest (``"and 46 more <what>"``)."""
+    more = f"{sep}and {len(items) - shown} more{what}" if len(items) > shown else ""
+    return sep.join(items[:shown]) + more
+
+
+def load_weights_strict(
+    model: nn.Module,
+    path: str | Path,
+    hints: Callable[[dict[str, torch.Tensor]], list[str]] | None = None,
+) -> None:
+    """Load safetensors weights into ``model``; every key must exist with the right shape.
+
+    On a mismatch the error shows the first few problems and a count of the rest;
+    ``hints(state)`` may add likely causes (e.g. a config value the weights contradict).
+    """
     state = load_safetensors(path)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     problems = []
     if missing:
-        problems.append(f"missing tensors: {', '.join(missing)}")
+        problems.append(f"missing tensors: {_first(missing)}")
     if unexpected:
-        problems.append(f"unexpected tensors: {', '.join(unexpected)}")
+        problems.append(f"unexpected tensors: {_first(unexpected)}")
+    mismatched = []
     for key in sorted(set(state) & set(expected)):
         if state[key].shape != expected[key].shape:
-            problems.append(
+            mismatched.append(
                 f"tensor {key!r} has shape {tuple(state[key].shape)}, "
                 f"the model expects {tuple(expected[key].shape)}"
             )
         elif state[key].is_floating_point() != expected[key].is_floating_point():
-            problems.append(f"tensor {key!r} has dtype {state[key].dtype}, expected {expected[key].dtype}")
+            mismatched.append(f"tensor {key!r} has dtype {state[key].dtype}, expected {expected[key].dtype}")
+    if mismatched:
+        problems.append(_first(mismatched, " mismatched tensors", sep="; "))
     if problems:
+        causes = hints(state) if hints is not None else []
         raise WeightsError(
             f"weights in {path} do not match the model built from its config.json: "
-            + "; ".join(problems)
+            + "; ".join(causes + problems)
             + ". Check that config.json and model.safetensors come from the same generator."
         )
     with torch.no_grad():
@@ -204,6 +225,45 @@ def hub_repo_id(name: str) -> str:
 
 
 # -- resolution -----------------------------------------------------------------------------
+class _HubRepoUnavailable(PretrainedNotFoundError):
+    """The Hub repo itself could not be used: absent, private, invalid id, or not cached offline."""
+
+
+def _is_path_like(text: str) -> bool:
+    """True for a string that can only mean a local path, never a short name or Hub repo id."""
+    return (
+        text.startswith((".", "/", "~"))
+        or text.endswith(("/", "\\"))
+        or "\\" in text
+        or text.count("/") > 1
+        or os.path.isabs(text)
+    )
+
+
+def _is_valid_repo_id(repo_id: str) -> bool:
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except ValueError:  # HFValidationError
+        return False
+    return True
+
+
+def _did_you_mean(text: str) -> str:
+    """``" (did you mean 'mnist'?)"`` when ``text`` is close to a bundled name, else ``""``."""
+    import difflib
+
+    name = text.strip()
+    owner, _, rest = name.rpartition("/")
+    if owner and owner.lower() != HUB_ORGANISATION:
+        return ""
+    wanted = _normalise_name(rest)
+    names = {_normalise_name(n): n for n in list_pretrained()}
+    close = difflib.get_close_matches(wanted, [n for n in names if n != wanted], n=1)
+    return f" (did you mean {names[close[0]]!r}?)" if close else ""
+
+
 def resolve(
     name_or_path: str | Path,
     filenames: Iterable[str] = ("config.json", "model.safetensors"),
@@ -243,18 +303,51 @@ def resolve(
         bundled = _find_bundled(text)
         if bundled is not None:
             return bundled
-    if isinstance(name_or_path, Path) or text.startswith((".", "/", "~")) or text.count("/") > 1:
-        raise PretrainedNotFoundError(f"no such folder: {path}")
-    repo_id = text if "/" in text else hub_repo_id(text)
+    bare = _is_bare_name(name_or_path)
+    repo_id = hub_repo_id(text) if bare else text
+    if isinstance(name_or_path, Path) or _is_path_like(text) or (not bare and not _is_valid_repo_id(repo_id)):
+        shown = f"{text} ({path})" if text.startswith("~") else text
+        raise PretrainedNotFoundError(f"no such folder: {shown}")
+    suggestion = _did_you_mean(text)
     try:
+        if not _is_valid_repo_id(repo_id):
+            raise _HubRepoUnavailable(f"{repo_id!r} is not a valid Hub repo id")
         return _download(repo_id, filenames, revision, cache_dir, local_files_only, token, force_download)
     except PretrainedNotFoundError as err:
-        if "/" in text:
-            raise
-        raise PretrainedNotFoundError(
-            f"unknown generator {text!r}: not a folder, not bundled (bundled: {list_pretrained() or 'none'}), "
-            f"and its Hub repo {repo_id!r} could not be used ({err})"
-        ) from None
+        if bare:
+            raise PretrainedNotFoundError(
+                f"unknown generator {text!r}{suggestion}: not a folder, not bundled "
+                f"(bundled: {list_pretrained() or 'none'}), and its Hub repo {repo_id!r} could not be used ({err})"
+            ) from None
+        if isinstance(err, _HubRepoUnavailable):  # "runs/mnist" may have meant a folder
+            raise PretrainedNotFoundError(
+                f"no local folder {text!r} and no Hub repo {repo_id!r} (reachable or cached){suggestion}: {err}"
+            ) from None
+        raise
+
+
+def _unreachable_message(filename: str, repo_id: str, local_files_only: bool, cause: BaseException | None) -> str:
+    """Why ``filename`` could not be had: only the reasons that apply (flags set, or the network)."""
+    from huggingface_hub import constants
+
+    flags, fixes = [], []
+    if local_files_only:
+        flags.append("local_files_only=True")
+        fixes.append("pass local_files_only=False")
+    if getattr(constants, "HF_HUB_OFFLINE", False):
+        flags.append("offline mode HF_HUB_OFFLINE=1")
+        fixes.append("unset HF_HUB_OFFLINE")
+    head = f"{filename} of Hub repo {repo_id!r} is not in the local cache"
+    if flags:
+        return (
+            f"{head} and downloads are off ({', '.join(flags)}): "
+            f"{' and '.join(fixes)} to download it, or pass a local folder"
+        )
+    detail = f" ({type(cause).__name__}: {str(cause)[:200]})" if cause is not None else ""
+    return (
+        f"{head} and the Hub could not be reached{detail}: check the network connection "
+        "(and HF_ENDPOINT, proxies), or pass a local folder"
+    )
 
 
 def _download(
@@ -286,18 +379,17 @@ def _download(
                 force_download=force_download,
             )
         except hf_errors.RepositoryNotFoundError:
-            raise PretrainedNotFoundError(
+            raise _HubRepoUnavailable(
                 f"Hub repo {repo_id!r} does not exist or is private (pass token= or log in with `hf auth login`)"
             ) from None
         except hf_errors.RevisionNotFoundError:
             raise PretrainedNotFoundError(f"Hub repo {repo_id!r} has no revision {revision!r}") from None
-        except hf_errors.LocalEntryNotFoundError:
+        except hf_errors.LocalEntryNotFoundError as err:
             # (a subclass of EntryNotFoundError: it must be caught first)
-            raise PretrainedNotFoundError(
-                f"{filename} of Hub repo {repo_id!r} is not in the local cache and the Hub cannot be "
-                "reached (offline mode HF_HUB_OFFLINE=1, local_files_only=True, or no network); "
-                "connect once to download it, or pass a local folder"
-            ) from None
+            message = _unreachable_message(filename, repo_id, local_files_only, err.__cause__)
+            if folder is None:  # nothing of the repo is at hand: it may not exist at all
+                raise _HubRepoUnavailable(message) from None
+            raise PretrainedNotFoundError(message) from None
         except hf_errors.EntryNotFoundError:
             raise PretrainedNotFoundError(
                 f"Hub repo {repo_id!r} has no {filename}; is it a synthsets generator?"

@@ -30,6 +30,7 @@ __all__ = [
     "POOL",
     "register_model",
     "create_model",
+    "is_model",
     "list_models",
     "preferred_memory_format",
     "AvgPool2x2",
@@ -475,27 +476,35 @@ def create_model(
         raise ValueError(f"model name must be a non-empty string, got {name!r}")
     _check_args(num_classes, channels, image_size)
     name = name.strip()
+    found = _resolve(name)
+    if found is None:
+        raise ValueError(
+            f"unknown model {name!r}; synthsets models: {list_models()}; or any timm model name (timm.list_models())"
+        )
+    library, resolved = found
+    if library == "synthsets":
+        return _REGISTRY[resolved](num_classes=num_classes, channels=channels, image_size=image_size, **kwargs)
+    import timm
 
+    return timm.create_model(resolved, pretrained=False, num_classes=num_classes, in_chans=channels, **kwargs)
+
+
+def _resolve(name: str) -> tuple[str, str] | None:
+    """``("synthsets", registered name)``, ``("timm", timm name)`` or ``None`` for ``name``."""
     registered = _KEYS.get(_key(name))
     if registered is not None:
-        return _REGISTRY[registered](
-            num_classes=num_classes, channels=channels, image_size=image_size, **kwargs
-        )
+        return "synthsets", registered
+    import timm  # a dependency
 
-    try:
-        import timm
-    except ImportError:  # pragma: no cover - timm is a dependency, but stay helpful
-        timm = None
-    if timm is not None:
-        for candidate in dict.fromkeys((name, name.lower())):
-            if timm.is_model(candidate):
-                return timm.create_model(
-                    candidate, pretrained=False, num_classes=num_classes, in_chans=channels, **kwargs
-                )
-    hint = "any timm model name (timm.list_models())" if timm is not None else (
-        "any timm model name once timm is installed"
-    )
-    raise ValueError(f"unknown model {name!r}; synthsets models: {list_models()}; or {hint}")
+    for candidate in dict.fromkeys((name, name.lower())):
+        if timm.is_model(candidate):
+            return "timm", candidate
+    return None
+
+
+def is_model(name: str) -> bool:
+    """Whether :func:`create_model` knows ``name`` (a synthsets model or a timm name)."""
+    return isinstance(name, str) and bool(name.strip()) and _resolve(name.strip()) is not None
 
 
 @register_model("convnet3")

@@ -502,7 +502,24 @@ def test_corrupt_checkpoint_is_reported(grey28, tmp_path, capsys):
     checkpoint.write_bytes(checkpoint.read_bytes()[:100])
     capsys.readouterr()
     assert run_cli(grey28, out, "--stage2-epochs", "1", "--resume") == 2
-    assert str(checkpoint) in capsys.readouterr().err
+    err = capsys.readouterr().err.split("\r")[-1]  # after the data loader's progress bar
+    assert err.startswith(f"error: training checkpoint {checkpoint} is truncated or corrupt") and err.count("\n") == 1
+    assert f"delete it ({checkpoint}) to start the run over, or restore a copy" in err
+    assert "force_download" not in err and "download it again" not in err  # Hub advice, not for a local file
+    checkpoint.unlink()  # as the message says: the run starts over
+    assert run_cli(grey28, out, "--stage2-epochs", "1", "--resume") == 0
+    assert [r["epoch"] for r in read_log(out)] == [1, 2]
+
+
+def test_resume_with_other_data_is_reported(grey28, rgb32, tmp_path, capsys):
+    """A checkpoint of a run on other data (other image shape) is refused with advice, not a traceback."""
+    out = tmp_path / "run"
+    assert run_cli(rgb32, out, "--stage2-epochs", "0") == 0
+    capsys.readouterr()
+    assert run_cli(grey28, out, "--stage2-epochs", "0", "--resume") == 2
+    err = capsys.readouterr().err.split("\r")[-1]  # after the data loader's progress bar
+    assert err.startswith(f"error: cannot resume {out / 'checkpoints' / 'last.safetensors'}: it does not fit this run")
+    assert "delete it to start over" in err and err.count("\n") == 1
 
 
 def test_stage_time_limits(grey28, tmp_path, monkeypatch):
@@ -674,3 +691,168 @@ def test_push_to_hub_round_trips_through_a_local_endpoint(grey28, tmp_path, hub_
     local = synthsets.Generator.from_pretrained(out)
     for key, value in local.state_dict().items():
         assert torch.equal(value, loaded.state_dict()[key]), key
+
+
+# -- 7. input checks: bad settings fail before any data is read ------------------------------------
+BAD_FLAGS = {
+    "batch-size": (["--batch-size", "0"], "--batch-size must be a positive int, got 0"),
+    "samples-per-class": (["--samples-per-class", "0"], "--samples-per-class must be a positive int, got 0"),
+    "steps-per-epoch": (
+        ["--steps-per-epoch", "0"],
+        "--steps-per-epoch must be a positive int, got 0 (leave it unset for one pass over the training set)",
+    ),
+    "stage2-steps-per-epoch": (
+        ["--stage2-steps-per-epoch", "0"],
+        "--stage2-steps-per-epoch must be a positive int, got 0 (leave it unset for the stage-1 number of steps)",
+    ),
+    "negative-epochs": (
+        ["--stage1-epochs", "-1", "--stage2-epochs", "-5"],
+        "--stage1-epochs must be an int >= 0, got -1 (0 skips the stage)",
+    ),
+    "negative-stage2-epochs": (["--stage2-epochs", "-5"], "--stage2-epochs must be an int >= 0, got -5 (0 skips the stage)"),
+    "no-epochs": (
+        ["--stage1-epochs", "0", "--stage2-epochs", "0"],
+        (
+            "--stage1-epochs and --stage2-epochs are both 0, which would publish an untrained generator: "
+            "give at least one stage a positive number of epochs"
+        ),
+    ),
+    "lr": (["--lr", "0"], "--lr must be a number > 0, got 0.0"),
+    "lr-nan": (["--lr", "nan"], "--lr must be a number > 0, got nan"),
+    "stage2-lr": (["--stage2-lr=-1e-4"], "--stage2-lr must be a number > 0, got -0.0001"),
+    "lambda": (["--lambda", "-1"], "--match-weight/--lambda must be a number >= 0, got -1.0 (0 leaves the GAN loss alone)"),
+    "width": (["--width", "0"], "--width must be a positive int, got 0"),
+    "disc-width": (["--disc-width", "0"], "--disc-width must be a positive int, got 0"),
+    "noise-dim": (["--noise-dim", "0"], "--noise-dim must be a positive int, got 0"),
+    "inner-steps": (["--inner-steps", "0"], "--inner-steps must be a positive int, got 0"),
+    "pool-width": (["--pool-width", "0"], "--pool-width must be a positive int, got 0 (leave it unset for ConvNet width 128)"),
+    "pool": (["--pool", "convnet3", "nosuchnet"], "--pool has unknown models ['nosuchnet']: use synthsets models ("),
+    "stage1-minutes": (["--stage1-minutes", "0"], "--stage1-minutes must be a number > 0, got 0.0 (leave it unset"),
+    "stage2-minutes": (["--stage2-minutes", "-1"], "--stage2-minutes must be a number > 0, got -1.0 (leave it unset"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FLAGS)
+def test_cli_rejects_bad_settings_before_loading_data(case, tmp_path, capsys, monkeypatch):
+    flags, message = BAD_FLAGS[case]
+    monkeypatch.setattr(distill_mod, "load_real", lambda *a, **k: pytest.fail("data loaded for a run that cannot start"))
+    out = tmp_path / "out"
+    rc = main(["--data", str(tmp_path / "no-data"), "--out", str(out), "--preset", "tiny", "--device", "cpu",
+               "--no-progress", *flags])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def test_one_stage_may_have_zero_epochs(grey28, tmp_path):
+    out = tmp_path / "run"
+    assert run_cli(grey28, out, "--stage1-epochs", "0") == 0  # stage 2 only
+    assert [(r["epoch"], r["stage"]) for r in read_log(out)] == [(1, 2)]
+    assert (out / "model.safetensors").is_file()
+
+
+def test_steps_per_epoch_none_is_a_full_pass(trainer):
+    full = len(trainer.real.train) // trainer.cfg.batch_size  # 36 images, batch 8
+    assert full == 4
+    trainer.cfg.steps_per_epoch = trainer.cfg.stage2_steps_per_epoch = None
+    assert trainer._steps(1) == trainer._steps(2) == full
+    trainer.cfg.steps_per_epoch = 1  # a cap of 1 is a cap, not "unset"
+    assert trainer._steps(1) == trainer._steps(2) == 1
+    trainer.cfg.steps_per_epoch = 100  # a cap above a full pass is a full pass
+    assert trainer._steps(1) == full
+    trainer.cfg.stage2_steps_per_epoch = 6
+    assert trainer._steps(2) == 6
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("batch_size", 0, "DistillConfig.batch_size must be a positive int, got 0"),
+        ("batch_size", 8.0, "DistillConfig.batch_size must be a positive int, got 8.0"),
+        ("samples_per_class", 0, "DistillConfig.samples_per_class must be a positive int, got 0"),
+        ("steps_per_epoch", 0, "DistillConfig.steps_per_epoch must be a positive int, got 0"),
+        ("stage2_steps_per_epoch", -1, "DistillConfig.stage2_steps_per_epoch must be a positive int, got -1"),
+        ("stage1_epochs", -1, "DistillConfig.stage1_epochs must be an int >= 0, got -1"),
+        ("stage2_epochs", True, "DistillConfig.stage2_epochs must be an int >= 0, got True"),
+        ("lr", 0.0, "DistillConfig.lr must be a number > 0, got 0.0"),
+        ("stage2_lr", float("inf"), "DistillConfig.stage2_lr must be a number > 0, got inf"),
+        ("inner_lr", -0.01, "DistillConfig.inner_lr must be a number > 0, got -0.01"),
+        ("gp_weight", -10.0, "DistillConfig.gp_weight must be a number >= 0, got -10.0"),
+        ("match_weight", float("nan"), "DistillConfig.match_weight must be a number >= 0, got nan"),
+        ("inner_weight_decay", -1.0, "DistillConfig.inner_weight_decay must be a number >= 0, got -1.0"),
+        ("inner_momentum", 1.0, "DistillConfig.inner_momentum must be a number in [0, 1), got 1.0"),
+        ("inner_steps", 0, "DistillConfig.inner_steps must be a positive int, got 0"),
+        ("noise_dim", 0, "DistillConfig.noise_dim must be a positive int, got 0"),
+        ("width", -3, "DistillConfig.width must be a positive int, got -3"),
+        ("disc_width", 0, "DistillConfig.disc_width must be a positive int, got 0"),
+        ("pool_width", 0, "DistillConfig.pool_width must be a positive int, got 0"),
+        ("betas", (0.5, 1.0), "DistillConfig.betas must be two Adam betas in [0, 1), got (0.5, 1.0)"),
+        ("image_size", 64, "DistillConfig.image_size must be 28 or 32"),
+        ("pool", [], "DistillConfig.pool must be a non-empty list of model names"),
+        ("pool", "convnet3", "DistillConfig.pool must be a non-empty list of model names"),
+        ("pool", ["nosuchnet"], "DistillConfig.pool has unknown models ['nosuchnet']"),
+        ("seed", 1.5, "DistillConfig.seed must be an int, got 1.5"),
+        ("stage1_minutes", 0, "DistillConfig.stage1_minutes must be a number > 0, got 0"),
+        ("preset", "huge", "DistillConfig.preset names an unknown preset 'huge'"),
+    ],
+)
+def test_python_api_gets_the_same_checks(field, value, message, tmp_path):
+    with pytest.raises(ValueError) as info:
+        DistillConfig(**{field: value})
+    assert str(info.value).startswith(message) and isinstance(info.value, distill_mod.ConfigError)
+    with pytest.raises(ValueError, match=f"^{message[:30]}"):  # the library call too
+        distill_mod.distill(data=str(tmp_path / "no-data"), out=str(tmp_path / "out"), **{field: value})
+    assert not (tmp_path / "out").exists()
+
+
+def test_python_api_rejects_no_epochs_and_accepts_edge_values():
+    with pytest.raises(ValueError, match=r"^DistillConfig\.stage1_epochs and DistillConfig\.stage2_epochs are both 0"):
+        DistillConfig(stage1_epochs=0, stage2_epochs=0)
+    # the edges of the valid ranges
+    DistillConfig(stage1_epochs=0, gp_weight=0.0, match_weight=0, inner_momentum=0, inner_weight_decay=0, seed=-1,
+                  steps_per_epoch=1, stage2_steps_per_epoch=1, betas=[0.0, 0.999], stage1_minutes=float("inf"))
+
+
+def test_config_paths_become_str(tmp_path):
+    config = DistillConfig(data=tmp_path / "d", root=tmp_path, out=tmp_path / "out")
+    assert (config.data, config.root, config.out) == (str(tmp_path / "d"), str(tmp_path), str(tmp_path / "out"))
+    with pytest.raises(ValueError, match=r"^DistillConfig\.out must be a str naming the output folder, got ''"):
+        DistillConfig(out="")
+
+
+def test_distiller_checks_a_config_changed_after_construction(tmp_path, monkeypatch):
+    monkeypatch.setattr(distill_mod, "load_real", lambda *a, **k: pytest.fail("data loaded for a run that cannot start"))
+    config = DistillConfig(data=str(tmp_path / "no-data"), out=str(tmp_path / "out"), device="cpu")
+    config.batch_size = 0
+    with pytest.raises(ValueError, match=r"^DistillConfig\.batch_size must be a positive int, got 0"):
+        Distiller(config)
+
+
+def test_out_that_is_a_file_is_reported(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(distill_mod, "load_real", lambda *a, **k: pytest.fail("data loaded for a run that cannot start"))
+    monkeypatch.chdir(tmp_path)
+    Path("afile.txt").write_text("not a folder")
+    assert main(["--data", "d", "--out", "afile.txt", "--preset", "tiny", "--device", "cpu"]) == 2
+    assert capsys.readouterr().err == "error: --out afile.txt is a file; give a folder path\n"
+    assert main(["--data", "d", "--out", "afile.txt/run", "--preset", "tiny", "--device", "cpu"]) == 2
+    assert capsys.readouterr().err == "error: --out afile.txt/run: afile.txt is a file; give a folder path\n"
+    with pytest.raises(ValueError, match=r"^DistillConfig\.out afile\.txt is a file; give a folder path"):
+        Distiller(DistillConfig(data="d", out="afile.txt", device="cpu"))
+    assert Path("afile.txt").read_text() == "not a folder"
+
+
+def test_help_describes_every_preset_and_shows_defaults():
+    parser = distill_mod.build_parser()
+    actions = {action.dest: action for action in parser._actions}
+    assert all(action.help for action in parser._actions), [a.dest for a in parser._actions if not a.help]
+    preset_help = actions["preset"].help
+    assert all(f"{name}:" in preset_help for name in PRESETS)
+    text = parser.format_help()
+    defaults = DistillConfig()
+    for dest in ("noise_dim", "stage1_epochs", "stage2_epochs", "batch_size", "match_weight", "seed", "samples_per_class"):
+        assert "%(default)s" in actions[dest].help, dest
+        assert f"(default: {getattr(defaults, dest)})" in " ".join(text.split()), dest
+    assert "--lambda" in text and "logits-matching" in actions["match_weight"].help
+    assert "progress bar" in actions["progress"].help
+

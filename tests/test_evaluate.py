@@ -521,3 +521,135 @@ def test_cli_errors(tmp_path, capsys):
     capsys.readouterr()
     assert main(["--baselines", "random-real", "--device", "foo", "--no-progress"]) == 2
     assert capsys.readouterr().err.startswith("error: unknown device 'foo'")
+
+
+# ----------------------------------------------------------------------------- CLI error messages, help, tables
+def _one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("damage, expected", [
+    ("truncated weights", "is not a readable safetensors file"),
+    ("wrong width", "do not match the model built from its config.json"),
+    ("invalid json", "config.json is not valid JSON"),
+    ("config value of the wrong type", "config.json"),
+    ("bad config value", "GeneratorConfig.width must be a positive int"),
+])
+def test_cli_reports_broken_generator_files_in_one_line(tmp_path, capsys, damage, expected):
+    gen_dir = tmp_path / "g"
+    tiny_generator().save_pretrained(gen_dir)
+    config_file, weights_file = gen_dir / "config.json", gen_dir / "model.safetensors"
+    config = json.loads(config_file.read_text())
+    if damage == "truncated weights":
+        weights_file.write_bytes(weights_file.read_bytes()[:100])
+    elif damage == "wrong width":
+        config_file.write_text(json.dumps({**config, "width": 8}))
+    elif damage == "invalid json":
+        config_file.write_text('{"num_classes": 4,')
+    elif damage == "config value of the wrong type":
+        config_file.write_text(json.dumps({**config, "mean": 0.5}))
+    else:
+        config_file.write_text(json.dumps({**config, "width": -1}))
+    assert main(["--generator", str(gen_dir), "--device", "cpu", "--no-progress"]) == 2
+    assert expected in _one_error_line(capsys.readouterr().err)
+
+
+def test_cli_names_the_channel_mismatch_with_a_named_dataset(tmp_path, capsys):
+    gen_dir = tmp_path / "colour"
+    tiny_generator(channels=3, image_size=32, dataset="cifar10", mean=[0.5] * 3, std=[0.25] * 3).save_pretrained(gen_dir)
+    # fails before reading any data: the (empty) root would otherwise give a not-found error
+    assert main(["--generator", str(gen_dir), "--data", "mnist", "--root", str(tmp_path), "--device", "cpu", "--no-progress"]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line == (
+        "error: generator 'colour' makes 3-channel images but mnist has 1 channel; "
+        "use a generator trained on mnist (e.g. --generator mnist)"
+    )
+    assert "channels=" not in line
+    with pytest.raises(ValueError, match="makes 1-channel images but svhn has 3 channels; use a generator trained on svhn "
+                                         r"\(train one with python -m synthsets.distill --data svhn\)"):
+        evaluate([tiny_generator()], data="svhn", root=tmp_path, inpc=[1], runs=1, progress=False)
+
+
+def test_cli_refuses_an_out_path_that_is_a_file(tmp_path, capsys, real):
+    afile = tmp_path / "afile.txt"
+    afile.write_text("not a folder")
+    assert main(["--baselines", "random-real", "--data", "toy", "--out", str(afile), "--no-progress"]) == 2
+    assert _one_error_line(capsys.readouterr().err) == f"error: --out {afile} is a file; give a folder path"
+    assert main(["--baselines", "random-real", "--data", "toy", "--out", str(afile / "sub"), "--no-progress"]) == 2
+    assert "which is a file; give a folder path" in _one_error_line(capsys.readouterr().err)
+    results = tmp_path / "res"
+    write_outputs(evaluate(baselines=["random-real"], real=real, inpc=[1], runs=1, config=fast(epochs=1), device="cpu",
+                           model_kwargs=TINY, progress=False), results)
+    assert main(["merge", str(results), "--out", str(afile)]) == 2
+    assert _one_error_line(capsys.readouterr().err) == f"error: --out {afile} is a file; give a folder path"
+    with pytest.raises(ValueError, match="is a file; give a folder path"):
+        evaluate(baselines=["random-real"], real=real, inpc=[1], runs=1, out=afile, progress=False)
+
+
+def test_help_shows_defaults_cutmix_and_the_merge_subcommand():
+    from synthsets.evaluate import build_parser
+
+    parser = build_parser()
+    text = " ".join(parser.format_help().split())  # unwrap
+    for flag_help in ("SGD learning rate (default 0.01", "SGD momentum (default 0.9", "SGD weight decay (default 0.0005",
+                      "training batch size (default 128", "--no-cutmix turns it off", "(default 1.0)"):
+        assert flag_help in text
+    assert "python -m synthsets.evaluate merge RESULTS... [--out OUT] [--update-card]" in text
+    assert text.count("merge RESULTS...") >= 2  # in the usage and in the epilog
+    assert "small INPCs share that 128-image floor" in text and "INPC 1 and INPC 10 both train on 128" in text
+    assert parser.parse_args([]).cutmix is True
+    assert parser.parse_args(["--cutmix"]).cutmix is True and parser.parse_args(["--no-cutmix"]).cutmix is False
+
+
+def _record(inpc: int, n_images: int | None, mode: str = "reference") -> dict:
+    settings = {**ProtocolConfig(epoch_images=mode).to_json(), "device": "cpu"}
+    if n_images is not None:
+        settings["images_per_epoch"] = n_images
+    return {"source": "gen", "kind": "generator", "dataset": "mnist", "inpc": inpc, "model": "convnet3", "run": 0,
+            "final_acc": 90.0, "best_acc": 90.0, "epochs": 1000, "history": [[1000, 90.0]], "settings": settings}
+
+
+def test_markdown_table_states_images_per_epoch():
+    records = [_record(v, images_per_epoch(10, v)) for v in (1, 10, 50)]
+    md = markdown_table(records)
+    assert "| dataset | source | INPC | model | images/epoch | accuracy (%) | best (periodic) | runs |" in md
+    assert "| mnist | gen | 1 | convnet3 | 128 | 90.00 | — | 1 |" in md
+    assert "| mnist | gen | 10 | convnet3 | 128 | 90.00 | — | 1 |" in md
+    assert "| mnist | gen | 50 | convnet3 | 512 | 90.00 | — | 1 |" in md
+    assert (
+        "batch 128, (C·INPC // 128 + 1) × 128 images per epoch as in the reference code (at least 128, so INPCs with "
+        "C·INPC < 128 train on the same number of images; see the images/epoch column)"
+    ) in md
+    exact = markdown_table([_record(1, 10, "exact")])
+    assert "C·INPC images per epoch" in exact and "| mnist | gen | 1 | convnet3 | 10 |" in exact
+    assert "| mnist | gen | 1 | convnet3 | — |" in markdown_table([_record(1, None)])  # older results files
+
+
+def test_evaluated_rows_show_their_images_per_epoch(real):
+    records = evaluate(baselines=["random-real"], real=real, inpc=[1, 8], runs=1, config=fast(epochs=1, epoch_images="reference"),
+                       device="cpu", model_kwargs=TINY, progress=False)
+    md = markdown_table(records)
+    assert "| toy | random-real | 1 | convnet3 | 16 |" in md  # 4 classes, batch 16: (4 // 16 + 1) * 16
+    assert "| toy | random-real | 8 | convnet3 | 48 |" in md  # (32 // 16 + 1) * 16
+
+
+def test_evaluate_passes_progress_to_the_data_loader(monkeypatch, real):
+    import synthsets.evaluate as evaluate_mod
+
+    calls = []
+
+    def fake_load_real(*args, **kwargs):
+        calls.append(kwargs)
+        return real
+
+    monkeypatch.setattr(evaluate_mod, "load_real", fake_load_real)
+    for progress in (False, True):
+        evaluate(baselines=["random-real"], data="toy", inpc=[1], runs=1, config=fast(epochs=1), device="cpu",
+                 model_kwargs=TINY, progress=progress)
+    assert [c["progress"] for c in calls] == [False, True]
+    calls.clear()
+    assert main(["--baselines", "random-real", "--data", "toy", "--inpc", "1", "--runs", "1", "--epochs", "1",
+                 "--batch-size", "16", "--device", "cpu", "--no-progress", "--models", "convnet3"]) == 0
+    assert calls[0]["progress"] is False

@@ -296,3 +296,11 @@ def test_models_pool_with_avgpool2x2(name):
     pools = [m for m in model.modules() if isinstance(m, nn.AvgPool2d)]
     assert pools and all(type(m) is AvgPool2x2 for m in pools)
     assert all(not list(m.parameters()) and not list(m.buffers()) for m in pools)
+
+
+def test_is_model_knows_synthsets_and_timm_names():
+    from synthsets import is_model
+
+    assert is_model("convnet3") and is_model("ResNet-18") and is_model("resnet18_ap")
+    assert is_model("mobilenetv3_small_050")  # a timm name
+    assert not is_model("resnet81") and not is_model("") and not is_model(None)
