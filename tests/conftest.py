@@ -67,6 +67,17 @@ def build_generator(
 
 
 @pytest.fixture
+def no_hub_calls(monkeypatch):
+    """Fail the test if anything asks huggingface_hub to download."""
+    import huggingface_hub
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"unexpected Hub download: {args} {kwargs}")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", refuse)
+
+
+@pytest.fixture
 def make_generator():
     """Factory: ``make_generator(image_size=28, channels=1, seed=3, mean=[...], ...)``."""
     return build_generator

@@ -31,17 +31,6 @@ def assert_same_outputs(a: Generator, b: Generator) -> None:
 
 
 @pytest.fixture
-def no_hub_calls(monkeypatch):
-    """Fail the test if anything asks huggingface_hub to download."""
-    import huggingface_hub
-
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"unexpected Hub download: {args} {kwargs}")
-
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", refuse)
-
-
-@pytest.fixture
 def bundled(monkeypatch, tmp_path, make_generator):
     """A fake bundled-models folder holding ``dim-toy`` (and an incomplete ``dim-broken``)."""
     root = tmp_path / "bundled"

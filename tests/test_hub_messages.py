@@ -20,17 +20,6 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture
-def no_hub_calls(monkeypatch):
-    """Fail the test if anything asks huggingface_hub to download."""
-    import huggingface_hub
-
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"unexpected Hub download: {args} {kwargs}")
-
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", refuse)
-
-
-@pytest.fixture
 def bundled_mnist(monkeypatch, tmp_path, make_generator):
     """A fake bundled-models folder holding ``dim-mnist`` and ``dim-cifar10``."""
     root = tmp_path / "bundled"
