@@ -115,15 +115,12 @@ def _not_found_message(name: str, root: Path, download: bool = False) -> str:
     where = f"{root}" if root.is_dir() else f"{root} (no such folder)"
     folders = _image_folders_under(root, name) if root.is_dir() else []
     example = f" (e.g. --data {folders[0]})" if folders else ""
-    fetch = (
-        "the download into --root failed too (is there a network connection?); "
-        if download
-        else "add --download to fetch it into --root (needs a network connection), "
-    )
+    failed = " The download into --root failed too (is there a network connection?)." if download else ""
+    fetch = "" if download else "add --download to fetch it into --root (needs a network connection), "
     return (
-        f"{cls_name} not found (or incomplete) under --root {where}: torchvision expects {TORCHVISION_LAYOUTS[name]}. "
-        f"Point --root at the folder that holds that layout, {fetch}or pass an image folder with train/ and "
-        f"test/ class sub-folders as --data{example}"
+        f"{cls_name} not found (or incomplete) under --root {where}: torchvision expects {TORCHVISION_LAYOUTS[name]}."
+        f"{failed} Point --root at the folder that holds that layout, {fetch}or pass an image folder with train/ "
+        f"and test/ class sub-folders as --data{example}"
     )
 
 
@@ -342,6 +339,15 @@ def _write_cache(file: Path, classes, x_train, y_train, test) -> None:
         pass
 
 
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Remove those of ``folders`` (deepest first) that exist and are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()  # only succeeds on an empty folder
+        except OSError:
+            pass
+
+
 def _load_torchvision(
     name: str, root, image_size, download: bool, with_test: bool, channels=None, folder: Path | None = None,
     progress: bool = True,
@@ -365,11 +371,15 @@ def _load_torchvision(
 
     def make(train: bool):
         kwargs = {"split": "train" if train else "test"} if cls_name == "SVHN" else {"train": train}
+        # the folders a failed download attempt may leave behind, empty
+        scratch = [folder for folder in (root / cls_name / "raw", root / cls_name, root) if not folder.exists()]
         try:
             return cls(str(root), download=download, **kwargs)
         except RuntimeError:  # torchvision: "Dataset not found or corrupted. You can use download=True..."
+            _remove_if_empty(scratch)
             raise DataNotFoundError(_not_found_message(name, root, download)) from None
         except OSError as err:
+            _remove_if_empty(scratch)
             raise DataNotFoundError(f"could not read or download {cls_name} into {root}: {err}") from None
 
     train_set = make(True)

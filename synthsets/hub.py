@@ -110,7 +110,8 @@ def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     except Exception as err:  # safetensors raises its own error types for corrupt data
         raise WeightsError(
             f"{path} is not a readable safetensors file ({type(err).__name__}: {err}); "
-            "it may be truncated or corrupt: download it again (force_download=True) or re-save it"
+            "it may be truncated or corrupt: download it again (force_download=True in Python, or delete it "
+            "from the Hub cache) or re-save it"
         ) from None
 
 

@@ -103,3 +103,25 @@ def test_torchvision_channels(tmp_path, monkeypatch):
     assert torchvision_channels("svhn") == 3
     (tmp_path / "svhn").mkdir()  # without a root, an existing folder of that name is an image folder
     assert torchvision_channels("svhn") is None and torchvision_channels("svhn", tmp_path) == 3
+
+
+def test_failed_download_leaves_no_empty_folders(tmp_path, monkeypatch):
+    """An offline download attempt must not leave ROOT/MNIST/raw behind (torchvision makes it)."""
+    import torchvision.datasets as tvd
+
+    from synthsets.data import DataNotFoundError, load_real
+
+    def offline(self, *args, **kwargs):
+        (tmp_path / "data" / "MNIST" / "raw").mkdir(parents=True, exist_ok=True)
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+
+    monkeypatch.setattr(tvd.MNIST, "__init__", offline)
+    with pytest.raises(DataNotFoundError, match="download into --root failed too"):
+        load_real("mnist", tmp_path / "data", download=True)
+    assert not (tmp_path / "data").exists()
+    kept = tmp_path / "kept"
+    (kept / "MNIST" / "raw").mkdir(parents=True)  # folders that were there before stay
+    monkeypatch.setattr(tvd.MNIST, "__init__", lambda self, *a, **k: (_ for _ in ()).throw(RuntimeError("not found")))
+    with pytest.raises(DataNotFoundError):
+        load_real("mnist", kept)
+    assert (kept / "MNIST" / "raw").is_dir()
