@@ -1138,8 +1138,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--inpc", nargs="+", type=int, default=[1, 10, 50],
       help="images per class per epoch (default: 1 10 50). In reference mode (--epoch-images) an epoch holds "
       "(C*INPC//batch + 1)*batch images, at least one batch, so small INPCs share that 128-image floor (batch "
-      "128): with 10 classes INPC 1 and INPC 10 both train on 128 fresh images per epoch and give the same "
-      "results; "
+      "128): with 10 classes INPC 1 and INPC 10 both train on 128 fresh images per epoch; "
       "--epoch-images exact uses C*INPC. The results table lists the images per epoch of every row")
     a("--models", nargs="+", default=["convnet3"], help="evaluation models: convnet3, resnet10, resnet18(_ap), vgg11, "
       "alexnet or any timm name (default: convnet3)")
