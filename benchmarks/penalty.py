@@ -14,7 +14,8 @@ round by round:
 
 Two discriminator sizes: ``cpu-small`` (width 32, 1x28x28, batch 64) and ``paper`` (width
 196, 3x32x32, batch 64 on CUDA, 16 on CPU to keep the run short; ``--batch`` sets both).
-The discriminators are in the layout the library trains them in (channels_last on CPU).
+The discriminators are in the layout the library trains them in (channels_last on CPU);
+on CUDA the script times both layouts (``--layouts``), to inform the library's choice there.
 Before timing, the script compares one D step of both layers from the same weights and
 inputs (gradients within float noise).
 
@@ -47,8 +48,12 @@ LAYERS = ("nn.Conv2d", "PenaltyConv2d")
 SIZES = {"cpu-small": (32, 1, 28), "paper": (196, 3, 32), "tiny": (8, 1, 28)}
 
 
-def discriminator(layer: str, size: str, device: torch.device | str, seed: int = 0) -> nn.Module:
-    """The distillation's discriminator, with ``layer`` convolutions, in the library's layout."""
+LAYOUTS = {"standard": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
+def discriminator(layer: str, size: str, device: torch.device | str, seed: int = 0, layout: str | None = None) -> nn.Module:
+    """The distillation's discriminator, with ``layer`` convolutions, in ``layout`` (default:
+    the library's layout for the device)."""
     width, channels, image_size = SIZES[size]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -57,16 +62,18 @@ def discriminator(layer: str, size: str, device: torch.device | str, seed: int =
         for module in D.modules():
             if type(module) is PenaltyConv2d:  # no state of its own: the parameters stay
                 module.__class__ = nn.Conv2d
-    return D.to(memory_format=preferred_memory_format(D, device))
+    return D.to(memory_format=LAYOUTS[layout] if layout else preferred_memory_format(D, device))
 
 
-def batch_of(size: str, batch: int, device: torch.device | str, seed: int = 0) -> tuple[torch.Tensor, ...]:
+def batch_of(size: str, batch: int, device: torch.device | str, seed: int = 0, layout: str | None = None) -> tuple[torch.Tensor, ...]:
     _, channels, image_size = SIZES[size]
     gen = torch.Generator().manual_seed(seed)
     real = torch.randn(batch, channels, image_size, image_size, generator=gen).clamp_(-1, 1)
     fake = torch.randn(batch, channels, image_size, image_size, generator=gen).clamp_(-1, 1)
     labels = torch.arange(batch) % 10
-    return real.to(device), fake.to(device), labels.to(device)
+    memory_format = LAYOUTS[layout] if layout else torch.preserve_format
+    return (real.to(device, memory_format=memory_format), fake.to(device, memory_format=memory_format),
+            labels.to(device))
 
 
 def d_loss(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -79,10 +86,10 @@ def d_loss(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, labels: torch.T
     )
 
 
-def workload(device: str, layer: str, size: str, batch: int, what: str) -> Callable[[], Any]:
+def workload(device: str, layer: str, size: str, batch: int, what: str, layout: str | None = None) -> Callable[[], Any]:
     """One call of the workload ``what`` ("penalty" or "D step"); module level for the memory probe."""
-    D = discriminator(layer, size, device)
-    real, fake, labels = batch_of(size, batch, device)
+    D = discriminator(layer, size, device, layout=layout)
+    real, fake, labels = batch_of(size, batch, device, layout=layout)
 
     def run() -> None:
         D.zero_grad(set_to_none=True)
@@ -112,6 +119,9 @@ def build_parser():
     p.add_argument("--sizes", nargs="+", choices=("cpu-small", "paper"), default=None,
                    help="discriminator sizes (default: both)")
     p.add_argument("--batch", type=int, default=None, help="batch size (default 64; the paper size on CPU: 16)")
+    p.add_argument("--layouts", nargs="+", choices=list(LAYOUTS), default=None,
+                   help="memory layouts of the discriminator and its inputs (default: the library's for the "
+                        "device; on CUDA both, to inform the layout choice there)")
     return p
 
 
@@ -121,24 +131,28 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     cpu = device.type == "cpu"
     sizes = ["tiny"] if args.tiny else (args.sizes or ["cpu-small", "paper"])
     repeats = args.repeats or (1 if args.tiny else 7 if cpu else 10)
+    layouts = args.layouts or (["channels_last"] if cpu else list(LAYOUTS))
     rows = []
     checks = {}
     for size in sizes:
         batch = args.batch or (4 if args.tiny else 16 if (cpu and size == "paper") else 64)
         checks[size] = check_same(device, size, min(batch, 8))
         print(f"{size}: same gradients after one D step (largest relative difference {checks[size]['grad_max_rel']:.2g})")
-        for what in ("penalty", "D step"):
-            variants = {layer: workload(str(device), layer, size, batch, what) for layer in LAYERS}
-            times = C.interleaved(variants, device, repeats, min_seconds=0.0 if args.tiny else 0.2 * (not cpu))
-            for layer, t in times.items():
-                row = {
-                    "size": size, "batch": batch, "workload": what, "layer": layer,
-                    "ms": round(C.median(t) * 1000, 2), "speedup": round(C.ratio(times["nn.Conv2d"], t), 3),
-                }
-                row.update(C.maybe_memory(args, what == "D step", workload, layer=layer, size=size, batch=batch, what=what))
-                rows.append(row)
+        for layout in layouts:
+            for what in ("penalty", "D step"):
+                variants = {layer: workload(str(device), layer, size, batch, what, layout) for layer in LAYERS}
+                times = C.interleaved(variants, device, repeats, min_seconds=0.0 if args.tiny else 0.2 * (not cpu))
+                for layer, t in times.items():
+                    row = {
+                        "size": size, "batch": batch, "layout": layout, "workload": what, "layer": layer,
+                        "ms": round(C.median(t) * 1000, 2), "speedup": round(C.ratio(times["nn.Conv2d"], t), 3),
+                    }
+                    row.update(C.maybe_memory(args, what == "D step", workload, layer=layer, size=size, batch=batch,
+                                              what=what, layout=layout))
+                    rows.append(row)
     C.print_table(f"Discriminator with the gradient penalty, {device}", rows, [
-        ("size", "size", ""), ("batch", "batch", ""), ("workload", "workload", ""), ("layer", "convolutions", ""),
+        ("size", "size", ""), ("batch", "batch", ""), ("layout", "layout", ""), ("workload", "workload", ""),
+        ("layer", "convolutions", ""),
         ("ms", "ms", ".1f"), ("speedup", "speed-up", ".2f"), ("peak_mb", "peak MB", ".0f"),
     ])
     results = {"rows": rows, "same": checks}
