@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import Dataset, default_collate, get_worker_info
 
 from .augment import DSA
 from .generator import Generator, fold_batchnorm
@@ -200,9 +200,11 @@ class SyntheticDataset(Dataset):
             When ``inpc * num_classes`` is not a multiple of the world size, the last
             items wrap around (as ``DistributedSampler`` pads) so all ranks have equal length.
 
-    Epochs advance with :meth:`set_epoch`, automatically once every item of an epoch has
-    been read and another is asked for (also across CPU DataLoader workers, which share
-    the counter), and at each pass of :meth:`loader`.
+    Epochs advance with :meth:`set_epoch`, automatically once as many items as an epoch
+    holds have been read and another is asked for (also across CPU DataLoader workers,
+    which share the counter and the epoch set), and at each pass of :meth:`loader`. Items
+    read outside a pass (``ds[0]``) count too: call ``set_epoch`` before DataLoader passes
+    so that each pass is one epoch; :meth:`loader` serves a partly read epoch in full.
     """
 
     def __init__(
@@ -289,7 +291,8 @@ class SyntheticDataset(Dataset):
         # memory, so worker copies made at fork/spawn time keep counting together and a
         # DataLoader with workers also gets a new epoch on every pass.
         self._counts = torch.zeros(1 + MAX_WORKERS, dtype=torch.int64).share_memory_()
-        self._base_epoch = 0
+        # the epoch those counts start from, shared too: set_epoch reaches persistent workers
+        self._shared_base_epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._active_epoch = 0  # the epoch whose images are cached / being generated
         self._cache: dict[int, Tensor] = {}
         self._prefetched: _EpochPrefetch | None = None  # an epoch generated in the background
@@ -298,7 +301,20 @@ class SyntheticDataset(Dataset):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_prefetched"] = None  # a thread cannot be pickled (DataLoader workers with spawn)
+        # caches are rebuilt on demand: a pickled dataset (spawned workers) stays small
+        state["_folded"] = None
+        state["_cache"] = {}
+        state.pop("_noise", None)
+        state.pop("_noise_epoch", None)
         return state
+
+    @property
+    def _base_epoch(self) -> int:
+        return int(self._shared_base_epoch[0])
+
+    @_base_epoch.setter
+    def _base_epoch(self, epoch: int) -> None:
+        self._shared_base_epoch[0] = epoch
 
     # -- torchvision-style attributes --------------------------------------------------
     @property
@@ -487,10 +503,11 @@ class SyntheticDataset(Dataset):
                 "worker processes. Use num_workers=0 (generation is already batched on the device) "
                 "or dataset.loader()."
             )
+        asked = index
         if index < 0:
             index += len(self)
         if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} items")
+            raise IndexError(f"index {asked} out of range for {len(self)} items")
         # the item's epoch: a full pass read so far moves to the next one
         self._activate(self._base_epoch + int(self._counts.sum()) // len(self))
         self._counts[slot] += 1
@@ -554,7 +571,6 @@ class SyntheticLoader:
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.prefetch = dataset._default_prefetch() if prefetch is None else bool(prefetch)
-        self._started = False
 
     def __len__(self) -> int:
         n = len(self.dataset)
@@ -562,9 +578,10 @@ class SyntheticLoader:
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         ds = self.dataset
-        if self._started or int(ds._counts.sum()) > 0:
+        # a new epoch once the current one has been read in full (by an earlier pass or item
+        # by item); an epoch that was only peeked at, or just chosen by set_epoch, is served
+        if int(ds._counts.sum()) >= len(ds):
             ds.set_epoch(ds.epoch + 1)
-        self._started = True
         ds._mark_consumed()  # this pass consumes the epoch
         images, labels = ds.epoch_tensors()
         if self.prefetch:  # the next pass's epoch, generated while this one is trained on
@@ -574,10 +591,12 @@ class SyntheticLoader:
             images, labels = images[order], labels[order]
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             x, y = images[start : start + self.batch_size], labels[start : start + self.batch_size]
+            # per-item transforms, batched as a DataLoader would (default_collate)
             if ds.transform is not None:
-                x = torch.stack([ds.transform(img) for img in x])
+                x = default_collate([ds.transform(img) for img in x])
             if ds.target_transform is not None:
-                y = torch.as_tensor([ds.target_transform(int(t)) for t in y], device=ds.device)
+                y = default_collate([ds.target_transform(int(t)) for t in y])
+                y = y.to(ds.device) if isinstance(y, Tensor) else y
             yield x, y
 
 

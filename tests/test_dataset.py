@@ -462,11 +462,60 @@ def test_folded_copy_follows_the_generator_layout(gen):
     assert conv(ds._inference_generator()).is_contiguous()
 
 
-def test_fast_loader_after_item_access_starts_a_new_epoch(gen):
-    ds = SyntheticDataset(gen, 1, device="cpu", seed=0)
-    ds[0]
-    next(iter(ds.loader()))
+def test_fast_loader_serves_a_peeked_epoch_then_moves_on(gen):
+    """Looking at an item first does not shift the stream: the loader serves that epoch
+    (the same image), and an epoch read in full is followed by the next one."""
+    ds = SyntheticDataset(gen, 1, device="cpu", seed=0, augment=None)
+    peeked, _ = ds[0]
+    x, _ = next(iter(ds.loader(batch_size=100, shuffle=False)))
+    assert ds.epoch == 0 and torch.equal(x[0], peeked)
+    list(ds.loader())
     assert ds.epoch == 1
+    full = SyntheticDataset(gen, 1, device="cpu", seed=0, augment=None)
+    epoch_items(full)  # every item read: the loader's pass is the next epoch
+    list(full.loader())
+    assert full.epoch == 1
+
+
+def test_a_reused_loader_follows_set_epoch(gen):
+    ds = SyntheticDataset(gen, 1, device="cpu", seed=0, augment=None)
+    reference = SyntheticDataset(gen, 1, device="cpu", seed=0, augment=None)
+    loader = ds.loader(batch_size=100, shuffle=False)
+    for epoch in (0, 1, 2, 7, 7):
+        ds.set_epoch(epoch)
+        (x, _), = list(loader)
+        reference.set_epoch(epoch)
+        assert ds.epoch == epoch and torch.equal(x, reference.epoch_tensors()[0])
+    list(loader)  # without set_epoch: the next epoch
+    assert ds.epoch == 8
+
+
+def test_fast_loader_collates_transforms_like_a_dataloader(gen):
+    """Per-item transforms that return other shapes, tuples or non-tensors are batched
+    with default_collate, as DataLoader batches them."""
+    import torch.nn.functional as F
+
+    ds = SyntheticDataset(
+        gen, 1, device="cpu", seed=0,
+        transform=lambda x: (x, x.flip(-1)),  # two views
+        target_transform=lambda y: F.one_hot(torch.tensor(y), 10).float(),
+    )
+    (a, b), y = next(iter(ds.loader(batch_size=8)))
+    assert a.shape == b.shape == (8, 1, 28, 28) and torch.equal(b, a.flip(-1))
+    assert y.shape == (8, 10) and torch.equal(y.sum(1), torch.ones(8))
+    named = SyntheticDataset(gen, 1, device="cpu", seed=0, target_transform=lambda y: ds.classes[y])
+    _, names = next(iter(named.loader(batch_size=4)))
+    assert len(names) == 4 and set(names) <= set(ds.classes)  # strings stay strings, as in a DataLoader
+
+
+def test_pickled_dataset_stays_small_after_use(gen):
+    import pickle
+
+    ds = SyntheticDataset(gen, 2, device="cpu", seed=0)
+    before = len(pickle.dumps(ds))
+    epoch_items(ds)  # fills the image cache, the noise and the BatchNorm-folded copy
+    after = len(pickle.dumps(ds))
+    assert after <= before * 1.05
 
 
 def test_transform_and_target_transform(gen):
@@ -634,6 +683,22 @@ def test_dataloader_workers_share_the_epoch_counter(gen):
         epochs.append(images)
     assert ds.epoch == 1  # the main process sees the workers' progress
     assert (pairwise_min_distance(epochs[1], epochs[0]) > 1e-3).all()
+
+
+def test_persistent_workers_follow_set_epoch(gen):
+    """set_epoch reaches workers that outlive a pass (persistent_workers=True)."""
+    ds = SyntheticDataset(gen, 2, device="cpu", seed=5, augment=None)
+    reference = SyntheticDataset(gen, 2, device="cpu", seed=5, augment=None)
+    loader = DataLoader(ds, batch_size=5, shuffle=False, num_workers=2, persistent_workers=True,
+                        multiprocessing_context="fork")
+    for epoch in (3, 4, 9):
+        ds.set_epoch(epoch)
+        images = torch.cat([x for x, _ in loader])
+        reference.set_epoch(epoch)
+        assert torch.allclose(images, reference.epoch_tensors()[0], atol=1e-6), epoch
+    images = torch.cat([x for x, _ in loader])  # no set_epoch: the workers move on by themselves
+    reference.set_epoch(10)
+    assert torch.allclose(images, reference.epoch_tensors()[0], atol=1e-6)
 
 
 def test_dataloader_workers_refuse_accelerator_generation(gen, monkeypatch):
