@@ -15,7 +15,8 @@ Names not registered here are passed on to ``timm.create_model`` (never pretrain
 All models accept images of ``image_size`` pixels. ConvNet, VGG and AlexNet
 zero-pad inputs smaller than 32 pixels (e.g. 28x28 MNIST) to 32x32 inside
 ``forward``, so their 32x32 classifier heads apply unchanged; the ResNets end in
-global average pooling and take any size as is.
+global average pooling and take any size as is (the average-pool variants 8 pixels or
+more).
 """
 
 from __future__ import annotations
@@ -304,6 +305,12 @@ class ResNet(nn.Module):
         _check_args(num_classes, channels, image_size)
         if len(blocks) != len(widths) or not blocks:
             raise ValueError("blocks and widths must be non-empty and of equal length")
+        smallest = 2 ** (len(blocks) - 1)  # 2x2 average pooling halves the size at every stage after the first
+        if avgpool and image_size < smallest:
+            raise ValueError(
+                f"the average-pool ResNet halves the image {len(blocks) - 1} times; it needs image_size >= "
+                f"{smallest}, got {image_size} (the strided ResNet takes any size)"
+            )
         self.num_classes = num_classes
         self.channels = channels
         self.image_size = image_size

@@ -304,3 +304,14 @@ def test_is_model_knows_synthsets_and_timm_names():
     assert is_model("convnet3") and is_model("ResNet-18") and is_model("resnet18_ap")
     assert is_model("mobilenetv3_small_050")  # a timm name
     assert not is_model("resnet81") and not is_model("") and not is_model(None)
+
+
+def test_average_pool_resnets_name_their_smallest_image_size():
+    from synthsets import create_model
+
+    for name in ("resnet10_ap", "resnet18_ap"):
+        with pytest.raises(ValueError, match="needs image_size >= 8, got 7"):
+            create_model(name, 10, 1, 7)
+        model = create_model(name, 10, 1, 8)
+        assert model(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+    assert create_model("resnet18", 10, 1, 4)(torch.randn(2, 1, 4, 4)).shape == (2, 10)
