@@ -81,7 +81,9 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
                 f"device {str(device)!r} does not exist: this machine has {count} CUDA device(s), "
                 f"cuda:0 to cuda:{count - 1}"
             )
-    elif dev.type not in ("cpu", "meta"):  # mps, xpu...: torch.<type>.is_available() where torch has it
+    elif dev.type == "meta":
+        raise ValueError("device 'meta' holds no data, so it cannot generate images: use 'cpu' or 'cuda'")
+    elif dev.type != "cpu":  # mps, xpu...: torch.<type>.is_available() where torch has it
         backend = getattr(torch, dev.type, None)
         if backend is not None and hasattr(backend, "is_available") and not backend.is_available():
             raise ValueError(
@@ -232,6 +234,8 @@ class SyntheticDataset(Dataset):
             raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise TypeError(f"seed must be an int or None, got {seed!r}")
+        if seed is not None and not 0 <= seed < 2**63:  # larger ones would alias smaller seeds
+            raise ValueError(f"seed must lie in [0, 2**63), got {seed}")
         for name, fn in (("transform", transform), ("target_transform", target_transform)):
             if fn is not None and not callable(fn):
                 raise TypeError(f"{name} must be callable or None, got {fn!r}")

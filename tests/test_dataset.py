@@ -788,3 +788,14 @@ def test_ddp_two_gloo_ranks_get_disjoint_balanced_shards(make_generator, tmp_pat
     assert Counter(labels1) == {k: 3 for k in range(10)}
     for r in results:
         assert (pairwise_min_distance(r["epoch1"], r["epoch0"]) > 1e-3).all()
+
+
+@pytest.mark.parametrize("seed", [-1, 2**63, 2**64])
+def test_seeds_outside_the_mixing_range_are_refused(gen, seed):
+    with pytest.raises(ValueError, match=r"seed must lie in \[0, 2\*\*63\)"):
+        SyntheticDataset(gen, 1, device="cpu", seed=seed)
+
+
+def test_meta_device_is_refused(gen):
+    with pytest.raises(ValueError, match="device 'meta' holds no data"):
+        SyntheticDataset(gen, 1, device="meta")
