@@ -41,7 +41,8 @@ def _front_matter(dataset: str, metrics: list[dict[str, Any]] | None = None) -> 
 
 
 def distill_card(cfg: Any, real: Any, epochs_done: int, wall_seconds: float | None, stage1: bool = False) -> str:
-    """A model card for a freshly distilled generator."""
+    """A model card for a freshly distilled generator (``wall_seconds``: the whole run's
+    wall-clock time, every resumed session included; ``None`` for "n/a")."""
     what = "stage-1 conditional GAN (AC-WGAN-GP, before logits matching)" if stage1 else "DiM generator"
     settings = cfg.to_json()
     shown = {k: settings[k] for k in (

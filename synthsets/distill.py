@@ -86,7 +86,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 @dataclass
 class DistillConfig:
-    """Every setting of a distillation run (defaults are the paper's)."""
+    """Every setting of a distillation run (defaults are the paper's).
+
+    A ``preset`` fills the fields left at their defaults when the run starts
+    (:class:`Distiller`, :func:`distill`); :func:`apply_preset` fills them in earlier."""
 
     data: str = "mnist"
     root: str | None = None
@@ -127,6 +130,9 @@ class DistillConfig:
     push_to_hub: str | None = None
     preset: str | None = None
     progress: bool = True
+    # the preset whose values are filled in already (set by apply_preset; kept by
+    # dataclasses.replace and in the saved JSON, so a preset is never applied twice)
+    _preset_applied: str | None = field(default=None, repr=False, compare=False, kw_only=True)
 
     def __post_init__(self) -> None:
         for name in ("data", "root", "out"):  # paths as str (the config is saved as JSON)
@@ -354,10 +360,14 @@ GRAPH_WARMUP_STEPS = 3  # eager steps per epoch before the step is captured as a
 
 # -- the trainer -------------------------------------------------------------------------
 class Distiller:
-    """Runs stage 1 and stage 2 with checkpoints, logs, sample grids and a model card."""
+    """Runs stage 1 and stage 2 with checkpoints, logs, sample grids and a model card.
+
+    A ``config.preset`` not applied yet (see :func:`apply_preset`) is applied here: it
+    fills the fields left at their defaults, and ``self.cfg`` is the filled-in copy."""
 
     def __init__(self, config: DistillConfig, real: RealData | None = None) -> None:
         config.validate()  # again: fields may have been changed since construction
+        config = apply_preset(config, explicit=_explicit_fields(config))  # a no-op if applied already
         _check_out(Path(config.out))
         self.cfg = config
         self.device, self.rank, self.world, self._started_dist = _setup_distributed(config.device)
@@ -424,6 +434,8 @@ class Distiller:
         self.epoch = 0  # epochs completed over both stages
         self.total_epochs = config.stage1_epochs + config.stage2_epochs
         self.stage_started: float | None = None
+        self.wall_before = 0.0  # wall-clock seconds of earlier sessions (from the checkpoint)
+        self.session_started: float | None = None  # set by fit
         fixed = torch.Generator(device="cpu").manual_seed(1234)
         labels = torch.arange(self.num_classes).repeat_interleave(config.samples_per_class)
         self.sample_noise = self.G.make_noise(labels, noise=torch.randn(len(labels), config.noise_dim, generator=fixed).to(self.device))
@@ -627,7 +639,12 @@ class Distiller:
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(),
         }
-        meta = {"epoch": self.epoch, "config": self.cfg.to_json(), "world_size": self.world}
+        meta = {
+            "epoch": self.epoch,
+            "config": self.cfg.to_json(),
+            "world_size": self.world,
+            "wall_seconds": round(self.wall_seconds(), 3),
+        }
         save_checkpoint(self.checkpoint_path, parts, meta)
 
     def load_checkpoint(self) -> None:
@@ -659,6 +676,14 @@ class Distiller:
         for opt in (self.opt_g, self.opt_d):  # the checkpoint may come from a run on another device
             _set_capturable(opt, self.use_cuda_graphs)
         self.epoch = epoch
+        wall = meta.get("wall_seconds", 0.0)  # absent in checkpoints of older versions
+        self.wall_before = float(wall) if _is_real(wall) and math.isfinite(wall) and wall >= 0 else 0.0
+
+    def wall_seconds(self) -> float:
+        """Wall-clock seconds of the run so far, over every session (resumes included)."""
+        if self.session_started is None:
+            return self.wall_before
+        return self.wall_before + max(0.0, time.time() - self.session_started)
 
     def save_generator(self, folder: Path, card_text: str | None = None) -> None:
         self.G.eval()
@@ -715,7 +740,7 @@ class Distiller:
             (self.out / "distill_config.json").write_text(json.dumps(cfg.to_json(), indent=2) + "\n")
         if resume and 0 < self.epoch == cfg.stage1_epochs:  # resumed exactly at the stage boundary
             self._finish_stage1()
-        started = time.time()
+        self.session_started = time.time()
         stage_clock = {1: None, 2: None}
         while self.epoch < self.total_epochs:
             stage = 1 if self.epoch < cfg.stage1_epochs else 2
@@ -742,7 +767,7 @@ class Distiller:
                 if cfg.progress:
                     shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items())
                     print(shown, file=sys.stderr, flush=True)
-        wall = time.time() - started
+        wall = self.wall_seconds()  # earlier sessions included
         if self.is_main:
             self.save_generator(self.out, card.distill_card(cfg, self.real, self.epoch, wall))
             self.save_samples("final")
@@ -785,9 +810,7 @@ def distill(config: DistillConfig | None = None, resume: bool = False, real: Rea
     else:
         if kwargs:
             raise TypeError("pass either a DistillConfig or keyword arguments, not both")
-        defaults = DistillConfig()
-        explicit = [f.name for f in dataclasses.fields(config) if getattr(config, f.name) != getattr(defaults, f.name)]
-        config = apply_preset(config, explicit=explicit)
+        config = apply_preset(config, explicit=_explicit_fields(config))  # a no-op if applied already
     return _run(config, resume, real)
 
 
@@ -800,13 +823,24 @@ def _run(config: DistillConfig, resume: bool, real: RealData | None = None) -> P
 
 
 def apply_preset(config: DistillConfig, explicit: Sequence[str] = ()) -> DistillConfig:
-    """Fill in a preset's values, keeping fields named in ``explicit`` as given."""
-    if not config.preset:
+    """Fill in a preset's values, keeping fields named in ``explicit`` as given.
+
+    Returns a copy marked as applied; a config whose preset is applied already is
+    returned as it is (so explicit values are never overwritten by a second call)."""
+    if not config.preset or config._preset_applied == config.preset:
         return config
     if config.preset not in PRESETS:
         raise ValueError(f"unknown preset {config.preset!r}; choose one of {sorted(PRESETS)}")
-    values = {k: v for k, v in PRESETS[config.preset].items() if k not in explicit}
-    return dataclasses.replace(config, **values)
+    preset = PRESETS[config.preset]
+    values = {k: (list(v) if isinstance(v, list) else v) for k, v in preset.items() if k not in explicit}  # own lists
+    return dataclasses.replace(config, **values, _preset_applied=config.preset)
+
+
+def _explicit_fields(config: DistillConfig) -> list[str]:
+    """Fields of ``config`` that differ from :class:`DistillConfig`'s defaults (taken as set
+    by the user when the preset is applied without a list of explicit fields)."""
+    defaults = DistillConfig()
+    return [f.name for f in dataclasses.fields(config) if getattr(config, f.name) != getattr(defaults, f.name)]
 
 
 # -- CLI -----------------------------------------------------------------------------------

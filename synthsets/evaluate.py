@@ -28,9 +28,18 @@ Library use::
     records = evaluate(["runs/mnist"], baselines=["random-real"], root="DATA", inpc=[10], runs=3)
 
 Outputs (``--out``): ``results.json`` (one record per run), ``results.md`` (a Markdown
-table, with the images each epoch held: in reference mode INPCs with ``C * INPC < 128``
-all train on 128 images per epoch) and ``accuracy_vs_inpc.png`` (when matplotlib is
+table, with the images each epoch held) and ``accuracy_vs_inpc.png`` (when matplotlib is
 installed).
+
+In reference mode, INPCs with ``C * INPC < batch`` all train on the same ``batch`` (128)
+images per epoch: with ten classes, INPC 1 and INPC 10 of a generator (or of the ``whole``
+baseline) are the same run, bit for bit on a CPU and up to GPU nondeterminism on a GPU.
+Only ``random-real`` differs there, as its fixed subset holds INPC images per class.
+
+``--resume`` continues an output folder only with the settings its runs were made with
+(the protocol settings, ``--seed``, ``--generation-dtype``; ``device`` and ``--compile``
+may differ), and refuses otherwise. Every ``--shard`` writes its results file, an empty
+one if the shard had no jobs, so ``merge`` takes every shard's folder.
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ import datetime
 import json
 import math
 import os
+import re
 import sys
 import time
 import warnings
@@ -64,6 +74,7 @@ __all__ = [
     "BASELINES",
     "ProtocolConfig",
     "Source",
+    "UNCOMPARED_SETTINGS",
     "evaluate",
     "evaluate_source",
     "fixed_batches",
@@ -575,6 +586,70 @@ def _out_problem(out: str | Path, flag: str = "--out ") -> str | None:
     return None
 
 
+#: Record ``settings`` that do not change a run's results or legitimately differ between
+#: machines: ``device``, ``compile`` (the same function up to float rounding),
+#: ``test_batch_size`` (eval-mode testing is per image) and ``images_per_epoch`` (follows
+#: from ``batch_size``, ``epoch_images``, the dataset and the INPC, all compared). Runs are
+#: compared on everything else: resuming (:func:`evaluate`) and averaging (:func:`summarize`).
+UNCOMPARED_SETTINGS = ("device", "compile", "test_batch_size", "images_per_epoch")
+#: What an absent optional setting means (older records, or the protocol's default).
+_SETTING_DEFAULTS: dict[str, Any] = {"generation_dtype": "float32", "model_kwargs": {}}
+
+
+def _run_settings(
+    cfg: ProtocolConfig,
+    kind: str | None,
+    gen_dtype: torch.dtype | None,
+    model_kwargs: dict[str, Any] | None,
+    *,
+    n_images: int | None = None,
+    device: torch.device | None = None,
+    compile: bool = False,
+) -> dict[str, Any]:
+    """The ``settings`` a record of a ``kind`` run holds (``n_images``/``device`` when known)."""
+    settings = cfg.to_json()
+    if n_images is not None:
+        settings["images_per_epoch"] = n_images
+    if device is not None:
+        settings["device"] = str(device)
+    if compile:
+        settings["compile"] = True
+    if gen_dtype is not None and kind == "generator":
+        settings["generation_dtype"] = dtype_name(gen_dtype)
+    if model_kwargs:
+        settings["model_kwargs"] = dict(model_kwargs)
+    return settings
+
+
+def _comparable_settings(settings: dict[str, Any] | None) -> dict[str, Any]:
+    """The record ``settings`` two runs must share to be the same protocol (JSON-normalised,
+    defaults filled in)."""
+    kept = {k: v for k, v in (settings or {}).items() if k not in UNCOMPARED_SETTINGS}
+    settings = {**_SETTING_DEFAULTS, **kept}
+    settings = json.loads(json.dumps(settings, default=str))  # tuples -> lists, as read back from a file
+    settings["test_interval"] = settings.get("test_interval") or 0  # None and 0 both mean "only at the end"
+    if isinstance(settings.get("augment"), str):  # a callable's repr: compare its name, not its address
+        settings["augment"] = re.sub(r" at 0x[0-9a-fA-F]+", "", settings["augment"])
+    return settings
+
+
+def _setting_text(name: str, value: Any) -> str:
+    return f"{name}={value if isinstance(value, (str, int, float)) else json.dumps(value)}"
+
+
+def _resume_mismatch(record: dict[str, Any], expected: dict[str, Any], seed: int) -> tuple[list[str], list[str]]:
+    """The settings (``name=value`` texts: recorded, asked for) in which ``record`` differs
+    from a run made now with ``expected`` settings and base ``seed``; empty lists if none."""
+    old, new = _comparable_settings(record.get("settings")), _comparable_settings(expected)
+    names = [k for k in dict.fromkeys([*new, *old]) if old.get(k) != new.get(k)]
+    was = [_setting_text(k, old.get(k)) for k in names]
+    now = [_setting_text(k, new.get(k)) for k in names]
+    if "seed" in record and "run" in record and int(record["seed"]) - int(record["run"]) != seed:
+        was.append(f"seed={int(record['seed']) - int(record['run'])}")
+        now.append(f"seed={seed}")
+    return was, now
+
+
 def evaluate_source(
     source: Source | Generator | str,
     real: RealData,
@@ -637,14 +712,7 @@ def evaluate_source(
             config=cfg, seed=run_seed, device=dev, model_kwargs=model_kwargs, progress=progress,
             desc=f"{source.label} inpc {inpc} {model_name} run {run}", compile=compile,
         )
-        settings = cfg.to_json()
-        settings.update({"images_per_epoch": n_images, "device": str(dev)})
-        if compile:
-            settings["compile"] = True
-        if gen_dtype is not None and source.kind == "generator":
-            settings["generation_dtype"] = dtype_name(gen_dtype)
-        if model_kwargs:
-            settings["model_kwargs"] = dict(model_kwargs)
+        settings = _run_settings(cfg, source.kind, gen_dtype, model_kwargs, n_images=n_images, device=dev, compile=compile)
         record = {
             "source": source.label,
             "kind": source.kind,
@@ -705,6 +773,26 @@ def _write_json(path: Path, records: list[dict[str, Any]]) -> None:
     atomic_write_text(path, json.dumps(payload, indent=1) + "\n")
 
 
+def _check_resumable(
+    records: Sequence[dict[str, Any]],
+    path: Path,
+    cfg: ProtocolConfig,
+    gen_dtype: torch.dtype | None,
+    model_kwargs: dict[str, Any] | None,
+    seed: int,
+) -> None:
+    """Refuse to resume ``path`` when a run in it used other settings than this evaluation
+    (see :data:`UNCOMPARED_SETTINGS` for those that may differ, and the base seed)."""
+    for record in records:
+        expected = _run_settings(cfg, record.get("kind", "generator"), gen_dtype, model_kwargs)
+        was, now = _resume_mismatch(record, expected, seed)
+        if was:
+            raise ValueError(
+                f"{path} holds runs made with {', '.join(was)}; this run asks for {', '.join(now)}: "
+                "use another --out, or drop --resume to start over"
+            )
+
+
 def evaluate(
     generators: Sequence[str | Path | Generator | Source] = (),
     *,
@@ -736,8 +824,12 @@ def evaluate(
     the generators' size unless ``image_size`` is given. Jobs (source x INPC x model x run)
     are split by ``shard`` (``(i, n)`` or ``"i/n"``; ``None``: torchrun's rank/world size).
     With ``out``, this shard's records are written to ``out/results.json`` (or
-    ``results.rank{i}.json`` when sharded) after every job; ``resume`` skips jobs already
-    there. Returns this shard's records (including resumed ones). ``compile`` trains
+    ``results.rank{i}.json`` when sharded) after every job, and a shard with no jobs writes
+    an empty results file. ``resume`` skips jobs already there, provided they were made with
+    the same settings (the protocol settings, ``generation_dtype``, ``model_kwargs`` and
+    ``seed``; not those in :data:`UNCOMPARED_SETTINGS`, such as ``device``): a run made with
+    other settings raises ``ValueError`` before anything runs, rather than being mixed in.
+    Returns this shard's records (including resumed ones). ``compile`` trains
     through ``torch.compile`` (see :func:`run_protocol`); ``generation_dtype`` is passed
     to :func:`evaluate_source`.
     """
@@ -820,6 +912,7 @@ def evaluate(
         existing = _results_path(out_path, (shard_i, shard_n))
         if resume and existing.is_file():
             records = read_results([existing])
+            _check_resumable(records, existing, cfg, _generation_dtype(generation_dtype), model_kwargs, seed)
             done = {_job_key(r) for r in records}
         elif existing.is_file():
             warnings.warn(f"{existing} exists and will be replaced (pass resume=True / --resume to continue it)", stacklevel=2)
@@ -849,6 +942,8 @@ def evaluate(
     finally:
         if bar is not None:
             bar.close()
+    if out_path is not None and not mine:  # a shard with no jobs: a valid (empty) file, so merging every shard works
+        _write_json(_results_path(out_path, (shard_i, shard_n)), records)
     return records
 
 
@@ -891,10 +986,6 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
 
 
-def _comparable_settings(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in record.get("settings", {}).items() if k not in ("device", "compile")}
-
-
 def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (dataset, source, INPC, model): mean/std of final and best accuracy.
 
@@ -909,7 +1000,7 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         groups.setdefault((record["dataset"], record["source"], int(record["inpc"]), record["model"]), []).append(record)
     rows = []
     for (dataset, source, inpc, model), group in groups.items():
-        settings = [_comparable_settings(r) for r in group]
+        settings = [_comparable_settings(r.get("settings")) for r in group]
         if any(s != settings[0] for s in settings[1:]):
             warnings.warn(f"runs of {source} / {dataset} / INPC {inpc} / {model} used different settings", stacklevel=2)
         final_mean, final_std = _mean_std([float(r["final_acc"]) for r in group])
@@ -934,7 +1025,8 @@ def _epoch_images_text(settings: dict[str, Any]) -> str:
     if settings.get("epoch_images") == "reference":
         return (
             f"(C·INPC // {batch} + 1) × {batch} images per epoch as in the reference code (at least {batch}, so "
-            f"INPCs with C·INPC < {batch} train on the same number of images; see the images/epoch column)"
+            f"INPCs with C·INPC < {batch} train on the same number of images: for a generator or the whole "
+            "baseline the same images, so the same run up to GPU nondeterminism; see the images/epoch column)"
         )
     if settings.get("epoch_images") == "exact":
         return "C·INPC images per epoch"
@@ -1138,8 +1230,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--inpc", nargs="+", type=int, default=[1, 10, 50],
       help="images per class per epoch (default: 1 10 50). In reference mode (--epoch-images) an epoch holds "
       "(C*INPC//batch + 1)*batch images, at least one batch, so small INPCs share that 128-image floor (batch "
-      "128): with 10 classes INPC 1 and INPC 10 both train on 128 fresh images per epoch; "
-      "--epoch-images exact uses C*INPC. The results table lists the images per epoch of every row")
+      "128): with 10 classes INPC 1 and INPC 10 both train on the same 128 images per epoch, so they are the same "
+      "run (up to GPU nondeterminism) for a generator and for the whole baseline (random-real differs: its fixed "
+      "subset holds INPC images per class); --epoch-images exact uses C*INPC. The results table lists the images "
+      "per epoch of every row")
     a("--models", nargs="+", default=["convnet3"], help="evaluation models: convnet3, resnet10, resnet18(_ap), vgg11, "
       "alexnet or any timm name (default: convnet3)")
     a("--runs", type=int, default=5, help="independent runs per row (default 5)")
@@ -1169,8 +1263,11 @@ def build_parser() -> argparse.ArgumentParser:
       "CPU with bf16 instructions (a CPU without them, or fp16 on most CPUs, is far slower: it warns), and the "
       "results note it")
     a("--out", help="output folder for results.json, results.md and accuracy_vs_inpc.png")
-    a("--resume", action="store_true", help="skip runs already in OUT's results file")
-    a("--shard", help="run only slice i of n of the job list (0-based i/n; default under torchrun: RANK/WORLD_SIZE)")
+    a("--resume", action="store_true", help="skip runs already in OUT's results file; they must have been made with "
+      "the same settings (protocol, --seed, --generation-dtype; --device and --compile may differ), else it stops "
+      "with an error naming the settings that differ")
+    a("--shard", help="run only slice i of n of the job list (0-based i/n; default under torchrun: RANK/WORLD_SIZE); "
+      "each shard writes OUT/results.rank{i}.json (empty if it had no jobs): merge every shard's OUT")
     a("--merge", nargs="+", metavar="RESULTS", help="merge results files/folders into --out instead of evaluating "
       "(the same as the merge subcommand, see below)")
     a("--update-card", action="store_true", help="write the results table into each local generator folder's README.md")
@@ -1203,6 +1300,43 @@ def _do_merge(paths: Sequence[str], out: str | None, update_card: bool = False) 
             print(f"updated {card}", file=sys.stderr)
     print(markdown_table(records))
     return 0
+
+
+def _shard_folders(out: Path, shard: tuple[int, int]) -> list[str]:
+    """The --out folders to merge, as far as this shard can tell: ``out`` alone when it holds
+    every shard's file; ``ev0 ev1...`` when ``out`` ends in ``i`` (``ev1``, ``ev01``) and a
+    sibling folder of that pattern exists; else ``out`` in this shard's place and
+    ``OUT_SHARD{j}`` elsewhere."""
+    i, n = shard
+    if all(_results_path(out, (j, n)).is_file() for j in range(n)):
+        return [str(out)]
+    digits = re.search(r"\d*$", out.name).group()
+    for k in range(len(digits), 0, -1):  # the trailing digits that spell i: "ev1", "ev01", "run_7_1"
+        index = digits[-k:]
+        if int(index) != i:
+            continue
+        stem, width = out.name[: len(out.name) - k], len(index) if index.startswith("0") else 1
+        siblings = [out.with_name(stem + str(j).zfill(width)) for j in range(n)]
+        if any(folder.is_dir() for j, folder in enumerate(siblings) if j != i):
+            return [str(folder) for folder in siblings]
+    return [str(out) if j == i else f"OUT_SHARD{j}" for j in range(n)]
+
+
+def _merge_hint(out: Path | None, shard: tuple[int, int]) -> str:
+    """What a finished shard prints: how to merge every shard's results."""
+    i, n = shard
+    if out is None:
+        return f"shard {i}/{n} done; nothing was saved to merge (no --out): give every shard --out to combine them"
+    folders = _shard_folders(out, shard)
+    if len(folders) > 8:
+        folders = [*folders[:2], "...", folders[-1]]
+    command = f"python -m synthsets.evaluate merge {' '.join(folders)}"
+    if len(folders) == 1:
+        return f"shard {i}/{n} done; all {n} shards' results are in {out}; combine them with: {command}"
+    return (
+        f"shard {i}/{n} done (this shard's --out: {out}); combine the shards by passing every shard's --out "
+        f"folder (a folder the shards share, once): {command}"
+    )
 
 
 def _init_distributed(world: int) -> bool:
@@ -1271,8 +1405,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             records = read_results([_results_path(out, (r, shard[1])) for r in range(shard[1])])  # all ranks
         else:
             if not joined or shard[0] == 0:
-                print(f"shard {shard[0]}/{shard[1]} done; combine the shards with: "
-                      f"python -m synthsets.evaluate merge {out or 'OUT'}", file=sys.stderr)
+                print(_merge_hint(out, shard), file=sys.stderr)
+                if out is None:
+                    print(markdown_table(records))
             if joined:
                 torch.distributed.destroy_process_group()
             return 0

@@ -204,13 +204,30 @@ def load_materialized(path: str | Path) -> tuple[Tensor, Tensor, dict]:
     """Read a safetensors file written by :func:`materialize`: ``(images, labels, metadata)``.
 
     ``metadata`` holds ``classes``, ``mean`` and ``std`` decoded from JSON, plus the other
-    string entries as written.
+    string entries as written. An image folder (what :func:`materialize` writes for a path
+    without ``.safetensors``) is read with ``torchvision.datasets.ImageFolder`` instead:
+    given one, this raises :class:`IsADirectoryError` saying so; a missing path raises
+    :class:`FileNotFoundError`.
     """
     from safetensors import safe_open
 
     from .hub import load_safetensors
 
-    path = Path(path)
+    path = Path(path).expanduser()
+    if path.is_dir():
+        if any(path.iterdir()) and _is_image_folder(path):
+            raise IsADirectoryError(
+                f"{path} is an image folder (<class>/<i>.png, as materialize() writes for a path without "
+                f".safetensors), not a safetensors file; read it with torchvision.datasets.ImageFolder({str(path)!r})"
+            )
+        inside = sorted(f.name for f in path.glob("*.safetensors"))[:3]
+        hint = f" (it holds {', '.join(inside)})" if inside else ""
+        raise IsADirectoryError(
+            f"{path} is a folder, not a safetensors file written by materialize(); give the path of the "
+            f".safetensors file{hint}"
+        )
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; give the .safetensors file that materialize() wrote")
     tensors = load_safetensors(path)
     if "images" not in tensors or "labels" not in tensors:
         raise ValueError(f"{path} does not hold 'images' and 'labels' tensors; was it written by materialize()?")

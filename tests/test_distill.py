@@ -7,9 +7,11 @@ second. One test starts a 2-process gloo DDP run through ``torch.distributed.run
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -24,7 +26,7 @@ from safetensors.torch import load_file
 import synthsets
 from synthsets import distill as distill_mod
 from synthsets.augment import DSA
-from synthsets.checkpoint import load_checkpoint
+from synthsets.checkpoint import load_checkpoint, save_checkpoint
 from synthsets.data import DataNotFoundError, load_real
 from synthsets.distill import PRESETS, DistillConfig, Distiller, apply_preset, main
 
@@ -464,6 +466,55 @@ def test_resume_drops_log_records_after_the_checkpoint(grey28, tmp_path):
     assert [r["epoch"] for r in records] == [1, 2] and "g_loss" in records[1]
 
 
+def card_wall_minutes(out: Path) -> float:
+    match = re.search(r"wall time ([0-9.]+) minutes", (out / "README.md").read_text())
+    assert match, "no wall time in the model card"
+    return float(match.group(1))
+
+
+def test_wall_time_adds_up_over_resumed_sessions(grey28, tmp_path, monkeypatch):
+    """The checkpoint keeps the run's wall time; a resume adds its own session to it."""
+    out = tmp_path / "run"
+    original = Distiller.run_epoch
+
+    def interrupted(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return original(self, epoch)
+
+    monkeypatch.setattr(Distiller, "run_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_cli(grey28, out, *SCHEDULE)
+    monkeypatch.setattr(Distiller, "run_epoch", original)
+    checkpoint = out / "checkpoints" / "last.safetensors"
+    parts, meta = load_checkpoint(checkpoint)
+    assert meta["epoch"] == 1 and meta["wall_seconds"] > 0
+    # pretend the first session took 100 minutes
+    save_checkpoint(checkpoint, parts, {**meta, "wall_seconds": 6000.0})
+    assert run_cli(grey28, out, *SCHEDULE, "--resume") == 0
+    _, meta = load_checkpoint(checkpoint)
+    assert meta["epoch"] == 3 and 6000.0 < meta["wall_seconds"] < 6000.0 + 120
+    assert 100.0 <= card_wall_minutes(out) < 102.0
+    # resuming the finished run keeps the total (it showed only the last session: 0.0 minutes)
+    assert run_cli(grey28, out, *SCHEDULE, "--resume") == 0
+    assert 100.0 <= card_wall_minutes(out) < 102.0
+    _, again = load_checkpoint(checkpoint)
+    assert again["wall_seconds"] == meta["wall_seconds"]  # nothing ran, nothing was saved
+
+
+def test_wall_time_of_an_old_checkpoint_without_it(grey28, tmp_path):
+    out = tmp_path / "run"
+    assert run_cli(grey28, out, "--stage2-epochs", "0") == 0
+    checkpoint = out / "checkpoints" / "last.safetensors"
+    parts, meta = load_checkpoint(checkpoint)
+    for epochs, wall in enumerate((None, "n/a", -5.0), start=2):  # absent (older versions) or unusable: 0
+        save_checkpoint(checkpoint, parts, {k: v for k, v in {**meta, "wall_seconds": wall}.items() if v is not None})
+        assert run_cli(grey28, out, "--stage1-epochs", str(epochs), "--stage2-epochs", "0", "--resume") == 0
+        assert 0.0 <= card_wall_minutes(out) < 2.0
+        parts, meta = load_checkpoint(checkpoint)
+        assert 0.0 <= meta["wall_seconds"] < 120
+
+
 def test_existing_run_needs_resume(grey28, tmp_path, capsys):
     out = tmp_path / "run"
     assert run_cli(grey28, out, "--stage2-epochs", "0") == 0
@@ -634,6 +685,87 @@ def test_library_preset_keeps_explicit_values(captured, tmp_path):
     assert all(c.disc_width == PRESETS["tiny"]["disc_width"] for c in captured)
     with pytest.raises(ValueError, match="unknown preset"):
         distill_mod.distill(data="d", out=str(tmp_path), preset="huge")
+
+
+@pytest.fixture
+def built(monkeypatch):
+    """Build real Distillers but do not train: capture each one's final config."""
+    seen = []
+
+    def fake_fit(self, resume=False):
+        seen.append(self.cfg)
+        return self.out
+
+    monkeypatch.setattr(Distiller, "fit", fake_fit)
+    return seen
+
+
+def test_distiller_applies_the_preset(grey28, tmp_path):
+    """``Distiller(DistillConfig(preset="tiny"))`` builds the tiny run, not the paper's."""
+    config = DistillConfig(data=str(grey28), out=str(tmp_path / "run"), preset="tiny", device="cpu", progress=False)
+    d = Distiller(config)
+    try:
+        for name, value in PRESETS["tiny"].items():
+            assert getattr(d.cfg, name) == value, name
+        assert d.G.config.width == PRESETS["tiny"]["width"]
+        assert d.cfg.preset == "tiny" and config.width == 196  # the caller's config is left alone
+        assert d.cfg.pool is not PRESETS["tiny"]["pool"]  # the config owns its lists
+    finally:
+        d.close()
+
+
+def test_distiller_explicit_values_win_over_the_preset(grey28, tmp_path):
+    config = DistillConfig(data=str(grey28), out=str(tmp_path / "run"), preset="tiny", device="cpu", progress=False,
+                           batch_size=16, width=8)
+    d = Distiller(config)
+    try:
+        assert (d.cfg.batch_size, d.cfg.width, d.G.config.width) == (16, 8, 8)
+        assert d.cfg.disc_width == PRESETS["tiny"]["disc_width"]  # the rest from the preset
+    finally:
+        d.close()
+
+
+def test_preset_is_applied_once(grey28, built, tmp_path):
+    """A field explicitly set to its default wins on the CLI and through distill(): the preset
+    applied there is not applied again by the Distiller."""
+    common = {"data": str(grey28), "out": str(tmp_path / "run"), "preset": "tiny", "device": "cpu", "progress": False}
+    assert main(["--data", str(grey28), "--out", str(tmp_path / "run"), "--preset", "tiny", "--device", "cpu",
+                 "--no-progress", "--batch-size", "64", "--width", "196"]) == 0
+    distill_mod.distill(**common, batch_size=64, width=196)
+    distill_mod.distill(apply_preset(DistillConfig(**common, batch_size=64, width=196), explicit=["batch_size", "width"]))
+    distill_mod.distill(DistillConfig(**common))  # nothing explicit: all from the preset
+    assert [(c.batch_size, c.width) for c in built] == [(64, 196)] * 3 + [(8, PRESETS["tiny"]["width"])]
+    assert all(c.disc_width == PRESETS["tiny"]["disc_width"] for c in built)
+    applied = apply_preset(DistillConfig(**common, batch_size=64), explicit=["batch_size"])
+    assert apply_preset(applied) is applied  # a second call changes nothing
+    d = Distiller(dataclasses.replace(applied, width=196))  # a copy keeps the mark
+    d.close()
+    assert (d.cfg.batch_size, d.cfg.width) == (64, 196)
+
+
+def test_saved_config_round_trips_without_applying_the_preset_again(grey28, tmp_path):
+    out = tmp_path / "run"
+    assert run_cli(grey28, out, "--batch-size", "64", "--stage2-epochs", "0") == 0
+    saved = json.loads((out / "distill_config.json").read_text())
+    assert saved["batch_size"] == 64 and saved["width"] == PRESETS["tiny"]["width"] and saved["preset"] == "tiny"
+    d = Distiller(DistillConfig(**saved))  # the run's settings, as saved
+    try:
+        assert d.cfg.to_json() == saved
+    finally:
+        d.close()
+
+
+def test_python_api_preset_run_resumes(grey28, tmp_path):
+    """A run started with ``Distiller(DistillConfig(preset=...))`` resumes with the same call."""
+    def config(stage2_epochs: int) -> DistillConfig:
+        return DistillConfig(data=str(grey28), out=str(tmp_path / "run"), preset="tiny", device="cpu",
+                             progress=False, stage2_epochs=stage2_epochs)
+
+    distill_mod._run(config(0), resume=False)
+    _, meta = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.safetensors")
+    assert meta["config"]["width"] == PRESETS["tiny"]["width"] and meta["epoch"] == 1
+    distill_mod._run(config(1), resume=True)
+    assert [r["stage"] for r in read_log(tmp_path / "run")] == [1, 2]
 
 
 def test_end_to_end_width_flag_with_preset(grey28, tmp_path):

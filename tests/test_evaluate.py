@@ -396,6 +396,138 @@ def test_resume_skips_finished_runs(tmp_path, real):
     assert len(again) == 2 and again[0] == first[0]
 
 
+def _rewrite_settings(path, **changes):
+    payload = json.loads(path.read_text())
+    for record in payload["runs"]:
+        record["settings"].update(changes)
+    path.write_text(json.dumps(payload))
+
+
+def test_resume_refuses_runs_made_with_other_settings(tmp_path, real, gen):
+    kw = dict(baselines=["random-real"], real=real, inpc=[1], runs=1, device="cpu", model_kwargs=TINY, progress=False,
+              out=tmp_path)
+    first = evaluate([Source.from_spec(gen, label="gen")], config=fast(epochs=2), **kw)
+    results = tmp_path / "results.json"
+    before = results.read_text()
+    cases = [
+        (dict(config=fast(epochs=3)), "epochs=2; this run asks for epochs=3"),
+        (dict(config=fast(lr=0.05, schedule="cosine")), "lr=0.01, schedule=step; this run asks for lr=0.05, schedule=cosine"),
+        (dict(config=fast(epoch_images="reference")), "epoch_images=exact; this run asks for epoch_images=reference"),
+        (dict(config=fast(test_interval=1)), "test_interval=0; this run asks for test_interval=1"),
+        (dict(config=fast(), seed=5), "seed=0; this run asks for seed=5"),
+        (dict(config=fast(), generation_dtype="bf16"),
+         "generation_dtype=float32; this run asks for generation_dtype=bfloat16"),  # only the generator's runs
+    ]
+    for changes, expected in cases:
+        with pytest.raises(ValueError) as caught:
+            evaluate([Source.from_spec(gen, label="gen")], resume=True, **{**kw, **changes})
+        assert str(caught.value) == (
+            f"{results} holds runs made with {expected}: use another --out, or drop --resume to start over"
+        )
+    assert results.read_text() == before  # refused before running anything
+    with pytest.raises(ValueError, match=r'model_kwargs={"width": 8}; this run asks for model_kwargs={"width": 4}'):
+        evaluate([Source.from_spec(gen, label="gen")], resume=True, config=fast(epochs=2), **{**kw, "model_kwargs": {"width": 4}})
+
+    # settings that do not change results (or name the machine) may differ: nothing is rerun
+    _rewrite_settings(results, device="cuda:3", compile=True, test_batch_size=500)
+    again = evaluate([Source.from_spec(gen, label="gen")], resume=True, config=fast(epochs=2, test_interval=0), **kw)
+    assert [r["final_loss"] for r in again] == [r["final_loss"] for r in first]
+    assert {r["settings"]["device"] for r in again} == {"cuda:3"}
+    # without --resume the folder starts over
+    with pytest.warns(UserWarning, match="will be replaced"):
+        fresh = evaluate([Source.from_spec(gen, label="gen")], config=fast(epochs=3), **kw)
+    assert {r["epochs"] for r in fresh} == {3}
+
+
+def test_cli_resume_with_other_settings_is_a_one_line_error(tmp_path, capsys, monkeypatch, real):
+    import synthsets.evaluate as evaluate_mod
+
+    monkeypatch.setattr(evaluate_mod, "load_real", lambda *a, **kw: real)
+    out = tmp_path / "ev"
+    args = ["--baselines", "random-real", "--data", "toy", "--inpc", "1", "--runs", "1", "--batch-size", "16",
+            "--epoch-images", "exact", "--device", "cpu", "--no-progress", "--out", str(out)]
+    assert main([*args, "--epochs", "2"]) == 0
+    capsys.readouterr()
+    assert main([*args, "--epochs", "3", "--resume"]) == 2
+    assert _one_error_line(capsys.readouterr().err) == (
+        f"error: {out / 'results.json'} holds runs made with epochs=2; this run asks for epochs=3: "
+        "use another --out, or drop --resume to start over"
+    )
+    assert main([*args, "--epochs", "2", "--resume"]) == 0  # the same settings resume (nothing left to run)
+    assert len(read_results([out])) == 1
+
+
+def test_an_empty_shard_writes_an_empty_results_file_that_merges(tmp_path, real):
+    kw = dict(baselines=["random-real"], real=real, inpc=[1], runs=1, config=fast(epochs=1), device="cpu",
+              model_kwargs=TINY, progress=False)  # one job: shard 1/2 has none
+    assert evaluate(shard="1/2", out=tmp_path / "ev1", **kw) == []
+    payload = json.loads((tmp_path / "ev1" / "results.rank1.json").read_text())
+    assert payload["runs"] == [] and payload["format"] == "synthsets-evaluate"
+    assert read_results([tmp_path / "ev1"]) == []
+    evaluate(shard="0/2", out=tmp_path / "ev0", **kw)
+    merged = merge([tmp_path / "ev0", tmp_path / "ev1"], tmp_path / "all")
+    assert len(merged) == 1 and (tmp_path / "all" / "results.md").is_file()
+    assert merge([tmp_path / "ev1"]) == []  # a merge of empty shards alone is valid too
+
+
+def test_cli_shards_print_how_to_merge_every_shard(tmp_path, capsys, monkeypatch, real):
+    import synthsets.evaluate as evaluate_mod
+
+    monkeypatch.setattr(evaluate_mod, "load_real", lambda *a, **kw: real)
+    args = ["--baselines", "random-real", "--data", "toy", "--inpc", "1", "--runs", "1", "--epochs", "1",
+            "--batch-size", "16", "--device", "cpu", "--no-progress"]
+    ev0, ev1 = tmp_path / "ev0", tmp_path / "ev1"
+    assert main([*args, "--shard", "0/2", "--out", str(ev0)]) == 0
+    # no sibling folder yet: this shard's folder in its place, placeholders for the others
+    assert capsys.readouterr().err.strip() == (
+        f"shard 0/2 done (this shard's --out: {ev0}); combine the shards by passing every shard's --out folder "
+        f"(a folder the shards share, once): python -m synthsets.evaluate merge {ev0} OUT_SHARD1"
+    )
+    assert main([*args, "--shard", "1/2", "--out", str(ev1)]) == 0  # no jobs: still writes its file
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"python -m synthsets.evaluate merge {ev0} {ev1}")  # the ev{i} pattern, with ev0 there
+    assert main(["merge", str(ev0), str(ev1)]) == 0
+    assert "| toy | random-real | 1 | convnet3 |" in capsys.readouterr().out
+    assert len(read_results([ev0])) == 1  # merged into the first folder
+
+    shared = tmp_path / "shared"
+    for i in (0, 1):
+        assert main([*args, "--shard", f"{i}/2", "--out", str(shared)]) == 0
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"shard 1/2 done; all 2 shards' results are in {shared}; combine them with: "
+        f"python -m synthsets.evaluate merge {shared}"
+    )
+
+
+def test_shard_merge_hint_patterns(tmp_path):
+    from synthsets.evaluate import _merge_hint
+
+    (tmp_path / "run00").mkdir()
+    assert _merge_hint(tmp_path / "run02", (2, 3)).endswith(
+        f"merge {tmp_path / 'run00'} {tmp_path / 'run01'} {tmp_path / 'run02'}")
+    assert _merge_hint(tmp_path / "exp1", (1, 2)).endswith("merge OUT_SHARD0 " + str(tmp_path / "exp1"))  # no exp0
+    (tmp_path / "ev_20261").mkdir()  # the digits that spell the shard index end the name
+    assert _merge_hint(tmp_path / "ev_20260", (0, 2)).endswith(f"merge {tmp_path / 'ev_20260'} {tmp_path / 'ev_20261'}")
+    (tmp_path / "p3").mkdir()
+    assert _merge_hint(tmp_path / "p12", (12, 13)).endswith(f"merge {tmp_path / 'p0'} {tmp_path / 'p1'} ... {tmp_path / 'p12'}")
+    assert _merge_hint(tmp_path / "x", (0, 12)).endswith(f"merge {tmp_path / 'x'} OUT_SHARD1 ... OUT_SHARD11")
+    assert "nothing was saved to merge (no --out)" in _merge_hint(None, (0, 2))
+
+
+def test_small_inpcs_of_a_generator_are_the_same_run_in_reference_mode(real, gen):
+    """4 classes, batch 16: INPC 1..3 all train on 16 images per epoch, the same ones."""
+    config = fast(epoch_images="reference", epochs=2)
+    kw = dict(config=config, device="cpu", model_kwargs=TINY)
+    one, three = (evaluate_source(gen, real, v, **kw)[0] for v in (1, 3))
+    assert one["settings"]["images_per_epoch"] == three["settings"]["images_per_epoch"] == 16
+    for key in ("final_acc", "final_loss", "history", "steps", "images_seen"):
+        assert one[key] == three[key], key
+    whole = [evaluate_source("whole", real, v, **kw)[0] for v in (1, 3)]
+    assert whole[0]["final_loss"] == whole[1]["final_loss"]
+    subset = [evaluate_source("random-real", real, v, **kw)[0] for v in (1, 3)]
+    assert subset[0]["final_loss"] != subset[1]["final_loss"]  # a fixed subset of INPC images per class
+
+
 def test_plot_is_skipped_without_matplotlib(tmp_path, monkeypatch, real):
     records = evaluate(baselines=["random-real"], real=real, inpc=[1], runs=1, config=fast(epochs=1), device="cpu",
                        model_kwargs=TINY, progress=False)
@@ -598,7 +730,12 @@ def test_help_shows_defaults_cutmix_and_the_merge_subcommand():
         assert flag_help in text
     assert "python -m synthsets.evaluate merge RESULTS... [--out OUT] [--update-card]" in text
     assert text.count("merge RESULTS...") >= 2  # in the usage and in the epilog
-    assert "small INPCs share that 128-image floor" in text and "INPC 1 and INPC 10 both train on 128" in text
+    assert "small INPCs share that 128-image floor" in text
+    assert ("with 10 classes INPC 1 and INPC 10 both train on the same 128 images per epoch, so they are the same run "
+            "(up to GPU nondeterminism) for a generator and for the whole baseline") in text
+    assert "fresh images" not in text
+    assert "the same settings (protocol, --seed, --generation-dtype; --device and --compile may differ)" in text
+    assert "each shard writes OUT/results.rank{i}.json (empty if it had no jobs): merge every shard's OUT" in text
     assert parser.parse_args([]).cutmix is True
     assert parser.parse_args(["--cutmix"]).cutmix is True and parser.parse_args(["--no-cutmix"]).cutmix is False
 
@@ -620,7 +757,8 @@ def test_markdown_table_states_images_per_epoch():
     assert "| mnist | gen | 50 | convnet3 | 512 | 90.00 | — | 1 |" in md
     assert (
         "batch 128, (C·INPC // 128 + 1) × 128 images per epoch as in the reference code (at least 128, so INPCs with "
-        "C·INPC < 128 train on the same number of images; see the images/epoch column)"
+        "C·INPC < 128 train on the same number of images: for a generator or the whole baseline the same images, so "
+        "the same run up to GPU nondeterminism; see the images/epoch column)"
     ) in md
     exact = markdown_table([_record(1, 10, "exact")])
     assert "C·INPC images per epoch" in exact and "| mnist | gen | 1 | convnet3 | 10 |" in exact

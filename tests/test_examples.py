@@ -73,3 +73,43 @@ def test_timm_example_names_close_models_for_a_typo(generator_folder):
     result = run_example("train_timm.py", "--generator", str(generator_folder), "--model", "resnet81")
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "unknown timm model 'resnet81'; did you mean resnet18" in result.stderr
+
+
+def test_sample_grid_creates_the_output_folder(generator_folder, tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "new" / "deeper" / "grid.png"
+    result = run_example("sample_grid.py", "--generator", str(generator_folder), "--per-class", "2", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"wrote {out}: {len(CLASSES)} classes" in result.stdout
+    assert Image.open(out).size[0] > 0
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--per-class", "0"], "error: --per-class must be at least 1, got 0"),
+    (["--per-class", "-3"], "error: --per-class must be at least 1, got -3"),
+    (["--out", "{tmp}/afile.txt/grid.png"], "error: --out {tmp}/afile.txt/grid.png lies under {tmp}/afile.txt, "
+                                             "which is a file, not a folder"),
+    (["--out", "{tmp}"], "error: --out {tmp} needs an image file extension such as .png"),
+    (["--out", "{tmp}/adir.png"], "error: --out {tmp}/adir.png is a folder; give an image file path such as "
+                                  "{tmp}/adir.png/grid.png"),
+    (["--generator", "{tmp}/nowhere"], "nowhere"),
+])
+def test_sample_grid_reports_bad_arguments_without_a_traceback(args, expected, generator_folder, tmp_path):
+    (tmp_path / "afile.txt").write_text("x")
+    (tmp_path / "adir.png").mkdir()
+    args = [a.format(tmp=tmp_path) for a in args]
+    if "--generator" not in args:
+        args = ["--generator", str(generator_folder), *args]
+    # in this process (the error path needs no fresh interpreter): main() exits with the message
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sample_grid_example", EXAMPLES / "sample_grid.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(args)
+    message = str(exit_info.value.code)
+    assert len(message.splitlines()) == 1 and message.startswith("error: "), message
+    assert expected.format(tmp=tmp_path) in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir.png", "afile.txt", "generator"]  # nothing created

@@ -60,3 +60,24 @@ def test_materialize_into_an_empty_folder_and_a_safetensors_file(tmp_path, datas
     dataset.materialize(1, path=target, overwrite=True)
     images, labels, _ = load_materialized(target)
     assert images.shape[0] == 3 and torch.equal(labels, torch.arange(3))
+
+
+def test_load_materialized_explains_folders_and_missing_paths(tmp_path, dataset):
+    folder = dataset.materialize(1, path=tmp_path / "mfold")
+    with pytest.raises(IsADirectoryError) as caught:
+        load_materialized(folder)
+    assert str(caught.value) == (
+        f"{folder} is an image folder (<class>/<i>.png, as materialize() writes for a path without .safetensors), "
+        f"not a safetensors file; read it with torchvision.datasets.ImageFolder({str(folder)!r})"
+    )
+    assert "does not exist" not in str(caught.value)
+    other = tmp_path / "other"
+    other.mkdir()
+    dataset.materialize(1, path=other / "set.safetensors")
+    with pytest.raises(IsADirectoryError, match=r"other is a folder, not a safetensors file written by materialize\(\); "
+                                                r"give the path of the .safetensors file \(it holds set.safetensors\)"):
+        load_materialized(other)
+    missing = tmp_path / "nowhere.safetensors"
+    with pytest.raises(FileNotFoundError) as caught:
+        load_materialized(missing)
+    assert str(caught.value) == f"{missing} does not exist; give the .safetensors file that materialize() wrote"
