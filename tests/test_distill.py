@@ -426,9 +426,8 @@ def uninterrupted(grey28, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("stop_at", [1, 2], ids=["in-stage1", "at-stage-boundary"])
-def test_resume_matches_uninterrupted_run(stop_at, grey28, uninterrupted, tmp_path, monkeypatch):
-    out = tmp_path / "run"
+def run_until_interrupted(data, out: Path, stop_at: int, monkeypatch) -> None:
+    """Run the CLI with SCHEDULE and stop it (KeyboardInterrupt) as epoch ``stop_at`` begins."""
     original = Distiller.run_epoch
 
     def interrupted(self, epoch):
@@ -438,8 +437,14 @@ def test_resume_matches_uninterrupted_run(stop_at, grey28, uninterrupted, tmp_pa
 
     monkeypatch.setattr(Distiller, "run_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        run_cli(grey28, out, *SCHEDULE)
+        run_cli(data, out, *SCHEDULE)
     monkeypatch.setattr(Distiller, "run_epoch", original)
+
+
+@pytest.mark.parametrize("stop_at", [1, 2], ids=["in-stage1", "at-stage-boundary"])
+def test_resume_matches_uninterrupted_run(stop_at, grey28, uninterrupted, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    run_until_interrupted(grey28, out, stop_at, monkeypatch)
 
     _, meta = load_checkpoint(out / "checkpoints" / "last.safetensors")
     assert meta["epoch"] == stop_at
@@ -475,17 +480,7 @@ def card_wall_minutes(out: Path) -> float:
 def test_wall_time_adds_up_over_resumed_sessions(grey28, tmp_path, monkeypatch):
     """The checkpoint keeps the run's wall time; a resume adds its own session to it."""
     out = tmp_path / "run"
-    original = Distiller.run_epoch
-
-    def interrupted(self, epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return original(self, epoch)
-
-    monkeypatch.setattr(Distiller, "run_epoch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        run_cli(grey28, out, *SCHEDULE)
-    monkeypatch.setattr(Distiller, "run_epoch", original)
+    run_until_interrupted(grey28, out, 1, monkeypatch)
     checkpoint = out / "checkpoints" / "last.safetensors"
     parts, meta = load_checkpoint(checkpoint)
     assert meta["epoch"] == 1 and meta["wall_seconds"] > 0
