@@ -202,11 +202,12 @@ class SyntheticDataset(Dataset):
             When ``inpc * num_classes`` is not a multiple of the world size, the last
             items wrap around (as ``DistributedSampler`` pads) so all ranks have equal length.
 
-    Epochs advance with :meth:`set_epoch`, automatically once as many items as an epoch
-    holds have been read and another is asked for (also across CPU DataLoader workers,
-    which share the counter and the epoch set), and at each pass of :meth:`loader`. Items
-    read outside a pass (``ds[0]``) count too: call ``set_epoch`` before DataLoader passes
-    so that each pass is one epoch; :meth:`loader` serves a partly read epoch in full.
+    Epochs advance with :meth:`set_epoch`, automatically once every item of an epoch has
+    been read and another is asked for (also across CPU DataLoader workers, which share
+    the counter and the epoch set), and at each pass of :meth:`loader`. An item read again
+    by the main process in the same epoch (looked at with ``ds[0]`` before a pass) is
+    counted once, so every pass stays one epoch; :meth:`loader` serves a partly read epoch
+    in full.
     """
 
     def __init__(
@@ -295,8 +296,13 @@ class SyntheticDataset(Dataset):
         # memory, so worker copies made at fork/spawn time keep counting together and a
         # DataLoader with workers also gets a new epoch on every pass.
         self._counts = torch.zeros(1 + MAX_WORKERS, dtype=torch.int64).share_memory_()
-        # the epoch those counts start from, shared too: set_epoch reaches persistent workers
-        self._shared_base_epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+        # shared too: [0] the epoch the counts start from (so set_epoch reaches persistent
+        # workers), [1] how many times the counts restarted
+        self._epoch_state = torch.zeros(2, dtype=torch.int64).share_memory_()
+        # per item, the key (count restarts * 2**31 + epoch + 1) of the epoch in which this
+        # process (slot 0) read it last: an item looked at before a pass (ds[0]) is not
+        # counted again by the pass
+        self._main_reads = torch.zeros(len(self._indices), dtype=torch.int64).share_memory_()
         self._active_epoch = 0  # the epoch whose images are cached / being generated
         self._cache: dict[int, Tensor] = {}
         self._prefetched: _EpochPrefetch | None = None  # an epoch generated in the background
@@ -310,15 +316,27 @@ class SyntheticDataset(Dataset):
         state["_cache"] = {}
         state.pop("_noise", None)
         state.pop("_noise_epoch", None)
+        state.pop("_views", None)
         return state
 
     @property
     def _base_epoch(self) -> int:
-        return int(self._shared_base_epoch[0])
+        return int(self._epoch_state[0])
 
-    @_base_epoch.setter
-    def _base_epoch(self, epoch: int) -> None:
-        self._shared_base_epoch[0] = epoch
+    def _restart_counts(self, base_epoch: int, served: int = 0) -> None:
+        """Count reads afresh from ``base_epoch``, ``served`` items of it read already."""
+        self._counts.zero_()
+        self._counts[0] = served
+        self._epoch_state[0] = base_epoch
+        self._epoch_state[1] += 1  # earlier reads of items no longer belong to this count
+
+    def _shared_views(self) -> tuple[Any, Any, Any]:
+        """NumPy views of the shared counters (cheap scalar access, per item), made once per
+        process (they are not pickled: spawned workers make their own)."""
+        views = self.__dict__.get("_views")
+        if views is None:
+            views = self._views = (self._counts.numpy(), self._epoch_state.numpy(), self._main_reads.numpy())
+        return views
 
     # -- torchvision-style attributes --------------------------------------------------
     @property
@@ -367,16 +385,12 @@ class SyntheticDataset(Dataset):
         """Select the epoch whose images are served (as ``DistributedSampler.set_epoch``)."""
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
             raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
-        self._counts.zero_()
-        self._base_epoch = epoch
+        self._restart_counts(epoch)
         self._activate(epoch)
 
     def _mark_consumed(self) -> None:
         """Count the current epoch as fully read: the next item starts a new epoch."""
-        epoch = self.epoch
-        self._counts.zero_()
-        self._counts[0] = len(self)
-        self._base_epoch = epoch
+        self._restart_counts(self.epoch, served=len(self))
 
     def _activate(self, epoch: int) -> None:
         if epoch != self._active_epoch:
@@ -513,8 +527,14 @@ class SyntheticDataset(Dataset):
         if not 0 <= index < len(self):
             raise IndexError(f"index {asked} out of range for {len(self)} items")
         # the item's epoch: a full pass read so far moves to the next one
-        self._activate(self._base_epoch + int(self._counts.sum()) // len(self))
-        self._counts[slot] += 1
+        counts, state, main_reads = self._shared_views()
+        epoch = int(state[0]) + int(counts.sum()) // len(self)
+        self._activate(epoch)
+        key = int(state[1]) * 2**31 + epoch + 1  # this epoch in this count (restarts make old keys stale)
+        if main_reads[index] != key:  # not read by this process in this epoch yet
+            counts[slot] += 1
+            if slot == 0:
+                main_reads[index] = key
         # a copy, so that an in-place transform cannot alter the cached epoch
         image = self._chunk(index // self.batch_size)[index % self.batch_size].clone()
         target: Any = self.targets[index]
@@ -546,7 +566,9 @@ class SyntheticDataset(Dataset):
             and _core_to_spare()
         )
 
-    def materialize(self, ipc: int | None = None, path: str | Path | None = None, fmt: str | None = None, overwrite: bool = False):
+    def materialize(
+        self, ipc: int | None = None, path: str | Path | None = None, fmt: str | None = None, overwrite: bool = False
+    ):
         """Generate a fixed synthetic set; see :func:`synthsets.export.materialize`."""
         from .export import materialize
 

@@ -799,3 +799,32 @@ def test_seeds_outside_the_mixing_range_are_refused(gen, seed):
 def test_meta_device_is_refused(gen):
     with pytest.raises(ValueError, match="device 'meta' holds no data"):
         SyntheticDataset(gen, 1, device="meta")
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_items_looked_at_first_do_not_shift_dataloader_epochs(gen, workers):
+    """ds[0] (twice) before training: every DataLoader pass is still exactly one epoch."""
+    ds = SyntheticDataset(gen, 2, device="cpu", seed=3, augment=None)
+    reference = SyntheticDataset(gen, 2, device="cpu", seed=3, augment=None)
+    peeked, _ = ds[0]
+    assert torch.equal(ds[0][0], peeked) and int(ds._counts.sum()) == 1  # one item read, once
+    kwargs = {"multiprocessing_context": "fork"} if workers else {}
+    loader = DataLoader(ds, batch_size=5, shuffle=False, num_workers=workers, **kwargs)
+    for epoch in range(2):
+        images = torch.cat([x for x, _ in loader])
+        reference.set_epoch(epoch)
+        assert torch.allclose(images, reference.epoch_tensors()[0], atol=1e-6), epoch
+    assert ds.epoch == 1
+
+
+def test_dataloader_passes_after_the_same_set_epoch(gen):
+    ds = SyntheticDataset(gen, 2, device="cpu", seed=3, augment=None)
+    reference = SyntheticDataset(gen, 2, device="cpu", seed=3, augment=None)
+    loader = DataLoader(ds, batch_size=5, shuffle=True)
+    for _ in range(2):  # the same epoch chosen twice: two full passes over it
+        ds.set_epoch(0)
+        labels = torch.cat([y for _, y in loader])
+        assert Counter(labels.tolist()) == {k: 2 for k in range(10)} and ds.epoch == 0
+    images = torch.cat([x for x, _ in DataLoader(ds, batch_size=5, shuffle=False)])
+    reference.set_epoch(1)
+    assert ds.epoch == 1 and torch.allclose(images, reference.epoch_tensors()[0], atol=1e-6)
