@@ -85,6 +85,43 @@ Not evaluated yet: run `python -m synthsets.evaluate --generator THIS_FOLDER --u
 """
 
 
+def generator_card(config: Any) -> str:
+    """A model card for a generator known by its config alone (``Generator.push_to_hub``
+    writes it when no README.md is given): Hub metadata, what it is, how to use it."""
+    dataset = config.dataset or "unknown"
+    shown = {
+        "classes": ", ".join(config.classes),
+        "image size": f"{config.channels}x{config.image_size}x{config.image_size}",
+        "width": config.width,
+        "noise_dim": config.noise_dim,
+        "normalisation mean / std": f"{config.mean} / {config.std}",
+    }
+    return f"""{_front_matter(dataset)}
+
+# DiM generator for {dataset}
+
+A conditional generator that stores **{dataset}** ({config.num_classes} classes) for dataset
+distillation with [synthsets](https://github.com/synthsets/synthsets), following DiM
+("Distilling Dataset into Generative Model"). Training loops draw fresh, labelled images
+from it every epoch.
+
+```python
+import synthsets
+train = synthsets.DiM("REPO_ID", inpc=10)   # 10 images per class per epoch
+```
+
+| setting | value |
+|---|---|
+""" + "\n".join(f"| {k} | {v} |" for k, v in shown.items()) + f"""
+
+## Results
+
+{RESULTS_BEGIN}
+Not evaluated yet: run `python -m synthsets.evaluate --generator FOLDER --update-card`.
+{RESULTS_END}
+"""
+
+
 def update_results(card_path: str | Path, markdown: str) -> None:
     """Replace the results section of a model card (append one if missing)."""
     from .hub import atomic_write_text

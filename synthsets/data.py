@@ -116,11 +116,12 @@ def _not_found_message(name: str, root: Path, download: bool = False) -> str:
     folders = _image_folders_under(root, name) if root.is_dir() else []
     example = f" (e.g. --data {folders[0]})" if folders else ""
     failed = " The download into --root failed too (is there a network connection?)." if download else ""
-    fetch = "" if download else "add --download to fetch it into --root (needs a network connection), "
+    fetch = "" if download else "add --download (download=True) to fetch it into --root (needs a network connection), "
     return (
-        f"{cls_name} not found (or incomplete) under --root {where}: torchvision expects {TORCHVISION_LAYOUTS[name]}."
+        f"{cls_name} not found (or incomplete) under --root (root=) {where}: torchvision expects "
+        f"{TORCHVISION_LAYOUTS[name]}."
         f"{failed} Point --root at the folder that holds that layout, {fetch}or pass an image folder with train/ "
-        f"and test/ class sub-folders as --data{example}"
+        f"and test/ class sub-folders as --data (data=){example}"
     )
 
 
@@ -358,8 +359,8 @@ def _load_torchvision(
     cls = getattr(tvd, cls_name)
     if root is None:
         raise DataNotFoundError(
-            f"dataset {name!r} needs a root (--root): the folder that holds it in torchvision layout "
-            f"({TORCHVISION_LAYOUTS[name]}); add --download to fetch it there. No root was given, "
+            f"dataset {name!r} needs a root (--root, root=): the folder that holds it in torchvision layout "
+            f"({TORCHVISION_LAYOUTS[name]}); add --download (download=True) to fetch it there. No root was given, "
             f"and there is no image folder {(folder or Path(name)).resolve()} either"
         )
     if channels is not None and channels != native_channels:

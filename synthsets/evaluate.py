@@ -49,6 +49,7 @@ import dataclasses
 import datetime
 import json
 import math
+import numbers
 import os
 import re
 import sys
@@ -835,6 +836,11 @@ def evaluate(
     """
     cfg = _config_with(config, **overrides)
     _generation_dtype(generation_dtype)  # a bad value fails before any data is loaded
+    # one name, path, generator or INPC stands for a list of one (a str is not split up)
+    generators = [generators] if isinstance(generators, (str, Path, Generator, Source)) else list(generators)
+    baselines = [baselines] if isinstance(baselines, str) else list(baselines)
+    models = [models] if isinstance(models, str) else list(models)
+    inpc = [inpc] if isinstance(inpc, numbers.Integral) else list(inpc)
     sources = [g if isinstance(g, Source) else Source.from_spec(g) for g in generators]
     labels = [s.label for s in sources]
     for i, s in enumerate(sources):  # unique labels
@@ -842,9 +848,9 @@ def evaluate(
             s.label = f"{s.label}#{labels[: i + 1].count(s.label)}"
     if not sources and not baselines:
         raise ValueError("nothing to evaluate: give generators and/or baselines")
+    if not inpc or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v <= 0 for v in inpc):
+        raise ValueError(f"inpc values must be positive ints, got {inpc}")
     inpcs = [int(v) for v in inpc]
-    if not inpcs or any(v <= 0 for v in inpcs):
-        raise ValueError(f"inpc values must be positive ints, got {list(inpc)}")
     if isinstance(runs, bool) or not isinstance(runs, int) or runs <= 0:
         raise ValueError(f"runs must be a positive int, got {runs!r}")
 

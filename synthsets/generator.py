@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -109,6 +110,11 @@ class Generator(nn.Module):
             config = GeneratorConfig(**kwargs)
         elif kwargs:
             raise TypeError("pass either a GeneratorConfig or keyword arguments, not both")
+        elif not isinstance(config, GeneratorConfig):
+            raise TypeError(
+                f"config must be a GeneratorConfig, got {type(config).__name__}; pass GeneratorConfig(...), "
+                "GeneratorConfig.from_dict(d) or keyword arguments (Generator(width=64, ...))"
+            )
         self.config = config
         w, c = config.width, config.channels
         first_up = 4 if config.image_size == 32 else 3  # 4 -> 8 (32px) or 4 -> 7 (28px)
@@ -141,16 +147,47 @@ class Generator(nn.Module):
         return next(self.parameters()).device
 
     # -- generation -------------------------------------------------------------------
+    def _labels(self, labels: Tensor | Sequence[int]) -> Tensor:
+        """``labels`` as a 1-D long tensor on the model's device; a ``ValueError`` for
+        anything but a 1-D sequence of integer class indices (floats are not truncated)."""
+        if isinstance(labels, Tensor):
+            if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+                raise ValueError(f"labels must be integer class indices, got a {labels.dtype} tensor")
+            tensor = labels
+        else:
+            if isinstance(labels, (str, bytes)) or not isinstance(labels, Sequence) and not hasattr(labels, "__array__"):
+                raise ValueError(
+                    f"labels must be a 1-D sequence of class indices such as [0, 1, 2], got {labels!r} "
+                    "(for one image: [label])"
+                )
+            values = list(labels)
+            for value in values:
+                if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                    raise ValueError(f"labels must be integer class indices, got {value!r} in {values!r}")
+            tensor = torch.as_tensor([int(v) for v in values], dtype=torch.long)
+        if tensor.dim() != 1:
+            raise ValueError(f"labels must be 1-D (one class index per image), got shape {tuple(tensor.shape)}")
+        return tensor.to(self.device, torch.long)
+
     def make_noise(
-        self, labels: Tensor, generator: torch.Generator | None = None, noise: Tensor | None = None
+        self, labels: Tensor | Sequence[int], generator: torch.Generator | None = None, noise: Tensor | None = None
     ) -> Tensor:
-        """Noise vectors for ``labels`` with the one-hot label written over the first C entries."""
-        labels = labels.to(self.device, torch.long)
+        """Noise vectors for ``labels`` with the one-hot label written over the first C
+        entries, in the model's dtype (``noise``: given vectors to label instead of fresh ones).
+
+        It does not check that the labels lie in ``[0, num_classes)`` (that would wait for
+        the device); :meth:`generate` does."""
+        labels = self._labels(labels)
         if noise is None:
             noise = torch.randn(
-                labels.shape[0], self.noise_dim, device=self.device, generator=generator
+                labels.shape[0], self.noise_dim, device=self.device, dtype=self.fc[0].weight.dtype, generator=generator
             )
-        noise = noise.clone()
+        elif noise.shape != (labels.shape[0], self.noise_dim):
+            raise ValueError(
+                f"noise must have shape ({labels.shape[0]}, {self.noise_dim}) for {labels.shape[0]} labels, "
+                f"got {tuple(noise.shape)}"
+            )
+        noise = noise.to(self.device).clone()
         noise[:, : self.num_classes] = nn.functional.one_hot(labels, self.num_classes).to(noise.dtype)
         return noise
 
@@ -165,13 +202,20 @@ class Generator(nn.Module):
     def generate(self, labels: Tensor | Sequence[int], generator: torch.Generator | None = None) -> Tensor:
         """Images in ``[-1, 1]`` for the given labels (no augmentation, no normalisation).
 
-        Runs without autograd: the images carry no graph. To backpropagate through the
-        generator (training), call it instead: ``generator(generator.make_noise(labels))``.
+        Runs without autograd (the images carry no graph) and in eval mode (BatchNorm uses,
+        and keeps, its running statistics; the module's mode is restored after). To
+        backpropagate through the generator (training), call it instead:
+        ``generator(generator.make_noise(labels))``.
         """
-        labels = torch.as_tensor(labels, dtype=torch.long, device=self.device)
+        labels = self._labels(labels)
         if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
             raise ValueError(f"labels must lie in [0, {self.num_classes - 1}]")
-        return self(self.make_noise(labels, generator))
+        was_training = self.training
+        self.eval()
+        try:
+            return self(self.make_noise(labels, generator))
+        finally:
+            self.train(was_training)
 
     def _weights_hints(self, state: dict[str, Tensor]) -> list[str]:
         """Config values that the shapes in ``state`` contradict, as hints for a load error.
@@ -202,8 +246,19 @@ class Generator(nn.Module):
         ]
 
     # -- persistence ------------------------------------------------------------------
-    def save_pretrained(self, save_directory: str | Path, dtype: torch.dtype | None = None) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` (optionally cast, e.g. fp16) atomically."""
+    def save_pretrained(self, save_directory: str | Path, dtype: torch.dtype | str | None = None) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` (optionally cast to a floating
+        ``dtype``: ``torch.float16``, ``torch.bfloat16`` or their names) atomically."""
+        if dtype is not None:
+            if isinstance(dtype, str):  # "fp16", "bfloat16", ...
+                from .dataset import _DTYPES  # (dataset imports this module)
+
+                dtype = (_DTYPES[dtype.lower()] or torch.float32) if dtype.lower() in _DTYPES else dtype
+            if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+                raise ValueError(
+                    f"dtype must be a floating dtype such as torch.float16 or torch.bfloat16 (or 'fp16', 'bf16'), "
+                    f"got {dtype!r}: other dtypes could not be loaded back"
+                )
         directory = Path(save_directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
@@ -261,14 +316,21 @@ class Generator(nn.Module):
         commit_message: str = "Upload DiM generator",
         extra_files: Sequence[str | Path] = (),
     ) -> str:
-        """Upload ``config.json``, ``model.safetensors`` (and ``extra_files``) to a Hub model repo."""
+        """Upload ``config.json``, ``model.safetensors`` and a model card (``README.md``: the
+        one in ``extra_files``, else a card made from the config) to a Hub model repo, with
+        any other ``extra_files``."""
         import tempfile
+
+        from .card import generator_card
 
         with tempfile.TemporaryDirectory() as tmp:
             self.save_pretrained(tmp)
             for extra in extra_files:
                 src = Path(extra)
                 (Path(tmp) / src.name).write_bytes(src.read_bytes())
+            card = Path(tmp) / "README.md"
+            if not card.exists():
+                card.write_text(generator_card(self.config).replace("REPO_ID", repo_id), encoding="utf-8")
             return hub.upload_folder(tmp, repo_id, token=token, private=private, commit_message=commit_message)
 
     def extra_repr(self) -> str:

@@ -73,9 +73,9 @@ def test_missing_torchvision_dataset_gives_its_own_layout(tmp_path, name, layout
         load_real(name, tmp_path)
     message = str(info.value)
     assert layout in message and "\n" not in message
-    assert f"under --root {tmp_path.resolve()}:" in message
+    assert f"under --root (root=) {tmp_path.resolve()}:" in message
     assert "--download" in message and "train/ and test/" in message
-    assert "download=True" not in message and "You can use" not in message  # no torchvision wording
+    assert "You can use download=True" not in message and "You can use" not in message  # no torchvision wording
     if name.startswith("cifar"):
         assert "MNIST" not in message  # no MNIST hint for CIFAR
     # the image folder is suggested for the dataset it is named after only
@@ -83,9 +83,9 @@ def test_missing_torchvision_dataset_gives_its_own_layout(tmp_path, name, layout
 
 
 def test_missing_root_folder_is_named(tmp_path):
-    with pytest.raises(DataNotFoundError, match=r"under --root .*nowhere \(no such folder\): torchvision expects ROOT/cifar-10"):
+    with pytest.raises(DataNotFoundError, match=r"under --root \(root=\) .*nowhere \(no such folder\): torchvision expects ROOT/cifar-10"):
         load_real("cifar10", tmp_path / "nowhere")
-    with pytest.raises(DataNotFoundError, match=r"needs a root \(--root\).*ROOT/cifar-10-batches-py/"):
+    with pytest.raises(DataNotFoundError, match=r"needs a root \(--root, root=\).*ROOT/cifar-10-batches-py/"):
         load_real("cifar10")
 
 

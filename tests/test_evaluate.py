@@ -791,3 +791,21 @@ def test_evaluate_passes_progress_to_the_data_loader(monkeypatch, real):
     assert main(["--baselines", "random-real", "--data", "toy", "--inpc", "1", "--runs", "1", "--epochs", "1",
                  "--batch-size", "16", "--device", "cpu", "--no-progress", "--models", "convnet3"]) == 0
     assert calls[0]["progress"] is False
+
+
+def test_python_api_takes_single_values_and_refuses_fractional_inpc(real, gen, monkeypatch):
+    """evaluate("name") and models="convnet3", inpc=1: a single value, not split into
+    characters; a fractional INPC is refused rather than truncated."""
+    import synthsets.evaluate as evaluate_mod
+
+    seen = []
+    monkeypatch.setattr(evaluate_mod, "evaluate_source", lambda source, real, inpc, model, **kw: seen.append(
+        (source.label, inpc, model)) or [{"source": source.label, "inpc": inpc, "model": model, "final_acc": 0.0}])
+    monkeypatch.setattr(evaluate_mod.Source, "from_spec", classmethod(
+        lambda cls, spec, label=None: evaluate_mod.Source(label=str(spec), kind="generator", generator=gen)))
+    evaluate_mod.evaluate("toy-gen", real=real, inpc=1, models="convnet3", runs=1, config=ProtocolConfig(epochs=1),
+                          progress=False)
+    assert [(s, i, m) for s, i, m in seen] == [("toy-gen", 1, "convnet3")]
+    for bad in ([1.5], ["10"], [True], []):
+        with pytest.raises(ValueError, match="inpc values must be positive ints"):
+            evaluate_mod.evaluate([gen], real=real, inpc=bad, runs=1)

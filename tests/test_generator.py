@@ -331,3 +331,64 @@ def test_saving_is_byte_for_byte_reproducible(make_generator, tmp_path):
     header = json.loads(next(iter(files))[8 : 8 + header_len])
     assert list(header["__metadata__"]) == ["format", "model_type"]
     assert header["__metadata__"]["format"] == "pt"
+
+
+# -- labels, noise, dtypes and modes ---------------------------------------------------------
+@pytest.mark.parametrize("labels, problem", [
+    ([0.5, 1.7], "integer class indices"),
+    ([True, False], "integer class indices"),
+    (torch.tensor([0.0, 1.0]), "integer class indices"),
+    (3, "1-D sequence of class indices"),
+    ("012", "1-D sequence of class indices"),
+    ([[0, 1], [2, 3]], "integer class indices"),
+    (torch.tensor([[0, 1], [2, 3]]), "must be 1-D"),
+])
+def test_generate_refuses_labels_that_are_not_class_indices(labels, problem):
+    g = Generator(num_classes=4, channels=1, image_size=28, width=8)
+    with pytest.raises(ValueError, match=problem):
+        g.generate(labels)
+
+
+def test_generate_takes_any_integer_sequence():
+    import numpy as np
+
+    g = Generator(num_classes=4, channels=1, image_size=28, width=8)
+    rng = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    reference = g.generate([0, 3], generator=rng())
+    for labels in ((0, 3), range(0, 4, 3), np.array([0, 3]), torch.tensor([0, 3], dtype=torch.int32)):
+        assert torch.equal(g.generate(labels, generator=rng()), reference)
+    assert g.make_noise([1, 2]).shape == (2, g.noise_dim)  # make_noise takes lists too
+
+
+def test_make_noise_checks_given_noise_and_follows_the_model_dtype():
+    g = Generator(num_classes=4, channels=1, image_size=28, width=8)
+    with pytest.raises(ValueError, match=r"noise must have shape \(2, 100\) for 2 labels, got \(3, 100\)"):
+        g.make_noise([0, 1], noise=torch.randn(3, 100))
+    half = Generator(num_classes=4, channels=1, image_size=28, width=8).to(torch.bfloat16)
+    assert half.make_noise([0, 1]).dtype == torch.bfloat16
+    assert half.generate([0, 1]).dtype == torch.bfloat16  # a bf16 model generates
+
+
+def test_generate_runs_in_eval_mode_and_restores_the_mode():
+    g = Generator(num_classes=4, channels=1, image_size=28, width=8).train()
+    before = {k: v.clone() for k, v in g.state_dict().items()}
+    images = g.generate([2])  # one image: BatchNorm in training mode could not even run
+    assert images.shape == (1, 1, 28, 28) and g.training
+    assert all(torch.equal(before[k], v) for k, v in g.state_dict().items())  # statistics untouched
+
+
+def test_config_must_be_a_generator_config():
+    with pytest.raises(TypeError, match="config must be a GeneratorConfig, got dict"):
+        Generator({"width": 8})
+
+
+def test_save_pretrained_takes_floating_dtypes_only(tmp_path):
+    g = Generator(num_classes=4, channels=1, image_size=28, width=8)
+    for dtype in (torch.int8, "int8", torch.bool):
+        with pytest.raises(ValueError, match="dtype must be a floating dtype"):
+            g.save_pretrained(tmp_path / "x", dtype=dtype)
+    g.save_pretrained(tmp_path / "half", dtype="fp16")
+    loaded = Generator.from_pretrained(tmp_path / "half")
+    assert next(loaded.parameters()).dtype == torch.float32
+    assert torch.allclose(loaded.generate([0], generator=torch.Generator().manual_seed(0)),
+                          g.eval().generate([0], generator=torch.Generator().manual_seed(0)), atol=5e-3)

@@ -196,6 +196,10 @@ def test_push_then_download_round_trip(hub_endpoint, make_generator, tmp_path, m
     remote = hub_endpoint.state.files("me/toy")
     for name in ("config.json", "model.safetensors"):
         assert remote[name] == (local / name).read_bytes()
+    # a model card made from the config: Hub metadata, the dataset and how to load this repo
+    card = remote["README.md"].decode()
+    assert card.startswith("---\nlibrary_name: synthsets\n") and "datasets:\n- toy\n" in card
+    assert '# DiM generator for toy' in card and 'synthsets.DiM("me/toy", inpc=10)' in card
 
     cache = tmp_path / "cache"
     loaded = Generator.from_pretrained("me/toy", cache_dir=cache)
