@@ -88,13 +88,21 @@ def canonical_name(name: str) -> str:
     return _ALIASES.get(key.replace("-", ""), _ALIASES.get(key, key))
 
 
+def _torchvision_name(data: str | Path, root: str | Path | None) -> str | None:
+    """The torchvision dataset :func:`load_real` reads for ``data``/``root``, or ``None``
+    (an image folder, or an unknown name): a known name is the torchvision dataset when a
+    root is given or no such folder exists."""
+    name = canonical_name(str(data))
+    if name in TORCHVISION_DATASETS and (root is not None or not Path(data).expanduser().is_dir()):
+        return name
+    return None
+
+
 def torchvision_channels(data: str | Path, root: str | Path | None = None) -> int | None:
     """Channels of the torchvision dataset :func:`load_real` would load for ``data``/``root``
     (``None`` when ``data`` is an image folder or unknown)."""
-    name = canonical_name(str(data))
-    if name in TORCHVISION_DATASETS and (root is not None or not Path(data).expanduser().is_dir()):
-        return TORCHVISION_DATASETS[name][1]
-    return None
+    name = _torchvision_name(data, root)
+    return TORCHVISION_DATASETS[name][1] if name is not None else None
 
 
 def _image_folders_under(root: Path, name: str) -> list[Path]:
@@ -251,9 +259,8 @@ def load_real(
     sub-folder per class). ``image_size`` resizes (the generator needs 28 or 32 px);
     ``progress`` false hides the "reading ..." progress bars."""
     path = Path(data).expanduser()
-    name = canonical_name(str(data))
-    # a known name is the torchvision dataset when a root is given or no such folder exists
-    if name in TORCHVISION_DATASETS and (root is not None or not path.is_dir()):
+    name = _torchvision_name(data, root)
+    if name is not None:
         return _load_torchvision(name, root, image_size, download, with_test, channels, folder=path, progress=progress)
     if not path.is_dir():
         known = ", ".join(TORCHVISION_DATASETS)

@@ -388,10 +388,6 @@ class SyntheticDataset(Dataset):
         self._restart_counts(epoch)
         self._activate(epoch)
 
-    def _mark_consumed(self) -> None:
-        """Count the current epoch as fully read: the next item starts a new epoch."""
-        self._restart_counts(self.epoch, served=len(self))
-
     def _activate(self, epoch: int) -> None:
         if epoch != self._active_epoch:
             self._cache.clear()
@@ -605,10 +601,10 @@ class SyntheticLoader:
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         ds = self.dataset
         # a new epoch once the current one has been read in full (by an earlier pass or item
-        # by item); an epoch that was only peeked at, or just chosen by set_epoch, is served
-        if int(ds._counts.sum()) >= len(ds):
-            ds.set_epoch(ds.epoch + 1)
-        ds._mark_consumed()  # this pass consumes the epoch
+        # by item); an epoch that was only peeked at, or just chosen by set_epoch, is served.
+        # This pass consumes it: the next item read starts the epoch after.
+        epoch = ds.epoch + 1 if int(ds._counts.sum()) >= len(ds) else ds.epoch
+        ds._restart_counts(epoch, served=len(ds))
         images, labels = ds.epoch_tensors()
         if self.prefetch:  # the next pass's epoch, generated while this one is trained on
             ds.prefetch(ds.epoch + 1)

@@ -16,11 +16,13 @@ STRIDES = (1, 2, 1, 2, 1, 1, 1, 2)
 #: Autograd passes (graph task ids) that want input gradients only: the gradient penalty's
 #: ``autograd.grad(score, images)``. Their convolutions skip the weight gradients.
 _INPUT_GRADIENT_TASKS: set[int] = set()
+#: the id of the autograd pass running in this thread (None: a torch without it, where
+#: the penalty's pass computes the weight gradients too)
+_current_task_id = getattr(torch._C, "_current_graph_task_id", None)
 
 
 def _in_input_gradient_pass() -> bool:
-    task_id = getattr(torch._C, "_current_graph_task_id", None)
-    return task_id is not None and bool(_INPUT_GRADIENT_TASKS) and task_id() in _INPUT_GRADIENT_TASKS
+    return _current_task_id is not None and bool(_INPUT_GRADIENT_TASKS) and _current_task_id() in _INPUT_GRADIENT_TASKS
 
 
 @contextmanager
@@ -31,11 +33,10 @@ def _input_gradients_only(output: Tensor) -> Iterator[None]:
     tells them. The pass is identified from inside it (a hook on ``output``), so other
     threads' backward passes are not affected."""
     tasks: list[int] = []
-    task_id = getattr(torch._C, "_current_graph_task_id", None)
 
     def note_task(grad: Tensor) -> None:
-        if task_id is not None:
-            tasks.append(task_id())
+        if _current_task_id is not None:
+            tasks.append(_current_task_id())
             _INPUT_GRADIENT_TASKS.add(tasks[-1])
 
     handle = output.register_hook(note_task) if output.requires_grad else None

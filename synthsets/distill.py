@@ -47,7 +47,7 @@ from .data import RealData, load_real
 from .dataset import _mix_seed, resolve_device
 from .discriminator import Discriminator, gradient_penalty
 from .generator import Generator, GeneratorConfig
-from .hub import WeightsError, atomic_write_text
+from .hub import WeightsError, atomic_write_text, file_in_the_way
 from .models import POOL, create_model, is_model, list_models, preferred_memory_format
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -349,10 +349,10 @@ def _running_stats_as_two_passes(module: nn.Module) -> Iterator[None]:
 
 def _check_out(out: Path) -> None:
     """The output folder must be a folder (or not exist yet), as must every existing parent."""
-    for path in (out, *out.parents):
-        if path.exists() and not path.is_dir():
-            where = f"{out} is a file" if path == out else f"{out}: {path} is a file"
-            raise _bad("out", f"{where}; give a folder path")
+    blocker = file_in_the_way(out)
+    if blocker is not None:
+        where = f"{out} is a file" if blocker == out else f"{out}: {blocker} is a file"
+        raise _bad("out", f"{where}; give a folder path")
 
 
 GRAPH_WARMUP_STEPS = 3  # eager steps per epoch before the step is captured as a CUDA graph

@@ -68,7 +68,7 @@ from .augment import DSA, cutmix
 from .data import RealData, RealSplit, canonical_name, load_real, torchvision_channels
 from .dataset import SyntheticDataset, _generation_dtype, _make_augment, _mix_seed, dtype_name, resolve_device
 from .generator import Generator
-from .hub import WeightsError, list_pretrained
+from .hub import WeightsError, file_in_the_way, list_pretrained
 from .models import create_model, preferred_memory_format
 
 __all__ = [
@@ -579,12 +579,12 @@ def _channel_mismatch(source: Source, data: str, native: int) -> str:
 def _out_problem(out: str | Path, flag: str = "--out ") -> str | None:
     """Why ``out`` cannot be an output folder (it or a parent is a file), else ``None``."""
     path = Path(out).expanduser()
-    if path.exists() and not path.is_dir():
+    blocker = file_in_the_way(path)
+    if blocker is None:
+        return None
+    if blocker == path:
         return f"{flag}{out} is a file; give a folder path"
-    for parent in path.parents:
-        if parent.exists() and not parent.is_dir():
-            return f"{flag}{out} lies under {parent}, which is a file; give a folder path"
-    return None
+    return f"{flag}{out} lies under {blocker}, which is a file; give a folder path"
 
 
 #: Record ``settings`` that do not change a run's results or legitimately differ between

@@ -41,6 +41,12 @@ class PretrainedNotFoundError(ValueError):
 
 
 # -- small file helpers ---------------------------------------------------------------------
+def file_in_the_way(folder: Path) -> Path | None:
+    """The first of ``folder`` and its parents that exists and is not a folder (so
+    ``folder`` cannot be created or used), else ``None``."""
+    return next((path for path in (folder, *folder.parents) if path.exists() and not path.is_dir()), None)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
     path = Path(path)
