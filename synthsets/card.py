@@ -40,6 +40,33 @@ def _front_matter(dataset: str, metrics: list[dict[str, Any]] | None = None) -> 
     return "\n".join(lines)
 
 
+def _introduction(title: str, dataset: str, details: str, load_as: str) -> str:
+    """The card's title, what the generator is, and how to load it (``load_as``)."""
+    return f"""# {title} for {dataset}
+
+A conditional generator that stores **{dataset}** ({details}) for dataset distillation with
+[synthsets](https://github.com/synthsets/synthsets), following DiM ("Distilling Dataset
+into Generative Model"). Training loops draw fresh, labelled images from it every epoch.
+
+```python
+import synthsets
+train = synthsets.DiM("{load_as}", inpc=10)   # 10 images per class per epoch
+```
+"""
+
+
+def _settings_table(settings: dict[str, Any]) -> str:
+    return "| setting | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in settings.items())
+
+
+_RESULTS_SECTION = f"""## Results
+
+{RESULTS_BEGIN}
+Not evaluated yet: run `python -m synthsets.evaluate --generator THIS_FOLDER --update-card`.
+{RESULTS_END}
+"""
+
+
 def distill_card(cfg: Any, real: Any, epochs_done: int, wall_seconds: float | None, stage1: bool = False) -> str:
     """A model card for a freshly distilled generator (``wall_seconds``: the whole run's
     wall-clock time, every resumed session included; ``None`` for "n/a")."""
@@ -51,43 +78,27 @@ def distill_card(cfg: Any, real: Any, epochs_done: int, wall_seconds: float | No
         "siamese", "seed", "preset", "stage1_minutes", "stage2_minutes",
     ) if k in settings}
     wall = f"{wall_seconds / 60:.1f} minutes" if wall_seconds is not None else "n/a"
+    details = f"{real.num_classes} classes,\n{real.channels}x{real.image_size}x{real.image_size}"
     return f"""{_front_matter(real.name)}
 
-# {what} for {real.name}
-
-A conditional generator that stores **{real.name}** ({real.num_classes} classes,
-{real.channels}x{real.image_size}x{real.image_size}) for dataset distillation with
-[synthsets](https://github.com/synthsets/synthsets), following DiM ("Distilling Dataset
-into Generative Model"). Training loops draw fresh, labelled images from it every epoch.
-
-```python
-import synthsets
-train = synthsets.DiM("path/or/repo", inpc=10)   # 10 images per class per epoch
-```
-
+{_introduction(what, real.name, details, "path/or/repo")}
 ## Training
 
 Trained with `python -m synthsets.distill` on {real.name}: {epochs_done} epochs
 completed, wall time {wall}.
 
-| setting | value |
-|---|---|
-""" + "\n".join(f"| {k} | {v} |" for k, v in shown.items()) + f"""
+{_settings_table(shown)}
 
 Normalisation of generated images for classifiers: mean {real.mean}, std {real.std}
 (images are mapped from [-1, 1] to [0, 1] first).
 
-## Results
-
-{RESULTS_BEGIN}
-Not evaluated yet: run `python -m synthsets.evaluate --generator THIS_FOLDER --update-card`.
-{RESULTS_END}
-"""
+{_RESULTS_SECTION}"""
 
 
-def generator_card(config: Any) -> str:
+def generator_card(config: Any, repo_id: str) -> str:
     """A model card for a generator known by its config alone (``Generator.push_to_hub``
-    writes it when no README.md is given): Hub metadata, what it is, how to use it."""
+    writes it when no README.md is given): Hub metadata, what it is, how to load
+    ``repo_id``."""
     dataset = config.dataset or "unknown"
     shown = {
         "classes": ", ".join(config.classes),
@@ -98,28 +109,10 @@ def generator_card(config: Any) -> str:
     }
     return f"""{_front_matter(dataset)}
 
-# DiM generator for {dataset}
+{_introduction("DiM generator", dataset, f"{config.num_classes} classes", repo_id)}
+{_settings_table(shown)}
 
-A conditional generator that stores **{dataset}** ({config.num_classes} classes) for dataset
-distillation with [synthsets](https://github.com/synthsets/synthsets), following DiM
-("Distilling Dataset into Generative Model"). Training loops draw fresh, labelled images
-from it every epoch.
-
-```python
-import synthsets
-train = synthsets.DiM("REPO_ID", inpc=10)   # 10 images per class per epoch
-```
-
-| setting | value |
-|---|---|
-""" + "\n".join(f"| {k} | {v} |" for k, v in shown.items()) + f"""
-
-## Results
-
-{RESULTS_BEGIN}
-Not evaluated yet: run `python -m synthsets.evaluate --generator FOLDER --update-card`.
-{RESULTS_END}
-"""
+{_RESULTS_SECTION}"""
 
 
 def update_results(card_path: str | Path, markdown: str) -> None:

@@ -330,7 +330,7 @@ class Generator(nn.Module):
                 (Path(tmp) / src.name).write_bytes(src.read_bytes())
             card = Path(tmp) / "README.md"
             if not card.exists():
-                card.write_text(generator_card(self.config).replace("REPO_ID", repo_id), encoding="utf-8")
+                card.write_text(generator_card(self.config, repo_id), encoding="utf-8")
             return hub.upload_folder(tmp, repo_id, token=token, private=private, commit_message=commit_message)
 
     def extra_repr(self) -> str:
