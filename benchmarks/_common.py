@@ -267,6 +267,15 @@ def training_model(
     return model.to(memory_format=preferred_memory_format(model, device))
 
 
+def _as_stock(model: torch.nn.Module, stock: dict[type, type]) -> torch.nn.Module:
+    """``model`` with every layer whose type is a key of ``stock`` turned into the torch
+    layer it subclasses (no drop-in adds state: settings, parameters, device and layout stay)."""
+    for module in model.modules():
+        if type(module) in stock:
+            module.__class__ = stock[type(module)]
+    return model
+
+
 def stock_layers(model: torch.nn.Module) -> torch.nn.Module:
     """``model`` with synthsets' faster drop-in layers turned into the stock torch layers
     they subclass (``AvgPool2x2`` -> ``nn.AvgPool2d``, ``SampleLayerNorm`` ->
@@ -276,11 +285,15 @@ def stock_layers(model: torch.nn.Module) -> torch.nn.Module:
     from synthsets.discriminator import PenaltyConv2d, SampleLayerNorm
     from synthsets.models import AvgPool2x2
 
-    stock = {AvgPool2x2: torch.nn.AvgPool2d, SampleLayerNorm: torch.nn.LayerNorm, PenaltyConv2d: torch.nn.Conv2d}
-    for module in model.modules():
-        if type(module) in stock:
-            module.__class__ = stock[type(module)]
-    return model
+    return _as_stock(model, {AvgPool2x2: torch.nn.AvgPool2d, SampleLayerNorm: torch.nn.LayerNorm,
+                             PenaltyConv2d: torch.nn.Conv2d})
+
+
+def stock_convolutions(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with its ``PenaltyConv2d`` layers (only) turned into ``nn.Conv2d``."""
+    from synthsets.discriminator import PenaltyConv2d
+
+    return _as_stock(model, {PenaltyConv2d: torch.nn.Conv2d})
 
 
 def sgd(model: torch.nn.Module) -> torch.optim.Optimizer:

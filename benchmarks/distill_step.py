@@ -49,7 +49,6 @@ from typing import Any, Callable, Sequence
 import torch
 
 from synthsets.data import RealData, RealSplit
-from synthsets.discriminator import PenaltyConv2d
 from synthsets.distill import Distiller, DistillConfig, apply_preset
 
 from . import _common as C
@@ -76,9 +75,7 @@ def _stock_conv_distiller(config: DistillConfig, real: RealData) -> Distiller:
     """The library with torch's own ``nn.Conv2d`` in the discriminator instead of
     ``PenaltyConv2d``: what that layer's double backward gains, in the same run."""
     trainer = Distiller(config, real)
-    for module in trainer.D.modules():
-        if type(module) is PenaltyConv2d:  # no state of its own: the parameters stay
-            module.__class__ = torch.nn.Conv2d
+    C.stock_convolutions(trainer.D)
     return trainer
 
 
@@ -90,6 +87,14 @@ VARIANTS: dict[str, Callable[[DistillConfig, RealData], Any]] = {
     "naive": NaiveDistiller,
 }
 CPU_SAME_AS_LIBRARY = ("library-eager", "library-cl")  # no graphs on CPU; G and D already channels_last there
+#: variants compared with the library itself: JSON key, printed label, and whether the
+#: library is the faster one when the ratio is > 1 (else the variant is)
+EXPERIMENTS = {
+    "library-cl": ("channels_last_speedup", "library-cl (G and D in channels_last) vs library", False),
+    "library-stock-conv": (
+        "penalty_conv_speedup", "library (PenaltyConv2d) vs library-stock-conv (nn.Conv2d in D)", True,
+    ),
+}
 
 
 # -- setup ---------------------------------------------------------------------------------
@@ -295,8 +300,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         return run
 
     rows = []
-    layout_ratio: dict[str, float] = {}
-    penalty_conv_ratio: dict[str, float] = {}
+    experiment_ratios: dict[str, dict[str, float]] = {}  # variant -> stage -> speed-up
     for stage, steps in ((1, args.steps1), (2, args.steps2)):
         variants = {name: epoch_fn(trainer, stage) for name, trainer in trainers.items()}
         for fn in variants.values():  # warm-up
@@ -306,10 +310,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             rounds["epoch"] = r + 1
             for name in variants if r % 2 == 0 else reversed(list(variants)):
                 times[name].append(C.time_call(variants[name], device))
-        if "library-cl" in times:  # the layout experiment: > 1 means channels_last is faster
-            layout_ratio[f"stage{stage}"] = round(C.ratio(times["library"], times["library-cl"]), 3)
-        if "library-stock-conv" in times:  # > 1 means PenaltyConv2d is faster than nn.Conv2d
-            penalty_conv_ratio[f"stage{stage}"] = round(C.ratio(times["library-stock-conv"], times["library"]), 3)
+        for name, (_, _, library_faster) in EXPERIMENTS.items():
+            if name in times:
+                slow, fast = (times[name], times["library"]) if library_faster else (times["library"], times[name])
+                experiment_ratios.setdefault(name, {})[f"stage{stage}"] = round(C.ratio(slow, fast), 3)
         for name in variants:
             t = times[name]
             row = {
@@ -336,14 +340,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             ("speedup_vs_naive", "speed-up vs naive", ".2f"), ("peak_mb", "peak MB", ".0f"),
         ])
     results = {"rows": rows, "equivalence": equivalence, "config": cfg.to_json()}
-    if layout_ratio:
-        results["channels_last_speedup"] = layout_ratio
-        print("library-cl (G and D in channels_last) vs library, speed-up: "
-              + ", ".join(f"{k} {v:.2f}x" for k, v in layout_ratio.items()))
-    if penalty_conv_ratio:
-        results["penalty_conv_speedup"] = penalty_conv_ratio
-        print("library (PenaltyConv2d) vs library-stock-conv (nn.Conv2d in D), speed-up: "
-              + ", ".join(f"{k} {v:.2f}x" for k, v in penalty_conv_ratio.items()))
+    for name, ratios in experiment_ratios.items():
+        key, label, _ = EXPERIMENTS[name]
+        results[key] = ratios
+        print(f"{label}, speed-up: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
     if args.profile:
         C.write_json(args.json, "distill_step", args, device, results)  # the timings are safe if profiling is cut short
         try:

@@ -5,10 +5,10 @@ It has the same maths as :class:`synthsets.distill.Distiller` (the same Generato
 Discriminator, DSA and pool models, the same losses, optimisers, seeds and order of
 random draws) but is written the way research code often is:
 
-* the models are built from stock torch layers: ``nn.AvgPool2d`` in the pool models and
-  ``nn.LayerNorm`` in the discriminator, where the library has its faster drop-ins
-  ``AvgPool2x2`` and ``SampleLayerNorm`` (``benchmarks._common.stock_layers``), and they
-  stay in the standard memory layout;
+* the models are built from stock torch layers: ``nn.AvgPool2d`` in the pool models,
+  ``nn.LayerNorm`` and ``nn.Conv2d`` in the discriminator, where the library has its
+  faster drop-ins ``AvgPool2x2``, ``SampleLayerNorm`` and ``PenaltyConv2d``
+  (``benchmarks._common.stock_layers``), and they stay in the standard memory layout;
 
 * the real training set stays on the CPU and each batch is indexed there, then copied
   to the device;
@@ -71,7 +71,7 @@ class NaiveDistiller:
             )
         ).to(self.device)
         D = Discriminator(real.num_classes, real.channels, real.image_size, config.disc_width)
-        self.D = stock_layers(D).to(self.device)  # with nn.LayerNorm, as research code has it
+        self.D = stock_layers(D).to(self.device)  # nn.LayerNorm and nn.Conv2d, as research code has it
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=config.lr, betas=tuple(config.betas))
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=config.lr, betas=tuple(config.betas))
         self.dsa = DSA()

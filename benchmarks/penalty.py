@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from synthsets.discriminator import Discriminator, PenaltyConv2d, gradient_penalty
+from synthsets.discriminator import Discriminator, gradient_penalty
 from synthsets.models import preferred_memory_format
 
 from . import _common as C
@@ -59,9 +59,7 @@ def discriminator(layer: str, size: str, device: torch.device | str, seed: int =
         torch.manual_seed(seed)
         D = Discriminator(10, channels, image_size, width).to(device)
     if layer == "nn.Conv2d":
-        for module in D.modules():
-            if type(module) is PenaltyConv2d:  # no state of its own: the parameters stay
-                module.__class__ = nn.Conv2d
+        C.stock_convolutions(D)
     return D.to(memory_format=LAYOUTS[layout] if layout else preferred_memory_format(D, device))
 
 
