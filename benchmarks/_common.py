@@ -296,6 +296,18 @@ def stock_convolutions(model: torch.nn.Module) -> torch.nn.Module:
     return _as_stock(model, {PenaltyConv2d: torch.nn.Conv2d})
 
 
+def torch_norm_second_order(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with its ``SampleLayerNorm`` layers (only) differentiated twice by torch's
+    own layer-norm formula; they keep their channels_last handling."""
+    from synthsets.discriminator import SampleLayerNorm
+
+    class TorchSecondOrderNorm(SampleLayerNorm):
+        def _fast_second_order(self, x: torch.Tensor, shape: tuple[int, ...]) -> bool:
+            return False
+
+    return _as_stock(model, {SampleLayerNorm: TorchSecondOrderNorm})
+
+
 def sgd(model: torch.nn.Module) -> torch.optim.Optimizer:
     """The paper's evaluation optimiser (SGD lr 0.01, momentum 0.9, weight decay 5e-4)."""
     return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)

@@ -15,6 +15,9 @@ Variants, both built from the same in-memory synthetic ``RealData`` and the same
   discriminator passes for real and fake, ``.item()`` on every logged loss every step;
 * ``library-stock-conv``: the library with ``nn.Conv2d`` in the discriminator instead of
   ``PenaltyConv2d`` (reported as ``penalty_conv_speedup``);
+* ``library-stock-norm``: the library with torch's second derivative of the
+  discriminator's layer norms instead of ``SampleLayerNorm``'s (reported as
+  ``norm_second_order_speedup``);
 * CUDA only: ``library-eager`` (no CUDA graphs) and ``library-cl`` (generator and
   discriminator in channels_last, reported as ``channels_last_speedup``).
 
@@ -79,11 +82,20 @@ def _stock_conv_distiller(config: DistillConfig, real: RealData) -> Distiller:
     return trainer
 
 
+def _stock_norm_distiller(config: DistillConfig, real: RealData) -> Distiller:
+    """The library with torch's own second derivative of the discriminator's layer norms:
+    what ``SampleLayerNorm``'s gains, in the same run."""
+    trainer = Distiller(config, real)
+    C.torch_norm_second_order(trainer.D)
+    return trainer
+
+
 VARIANTS: dict[str, Callable[[DistillConfig, RealData], Any]] = {
     "library": Distiller,  # CUDA: every step replayed as a CUDA graph
     "library-eager": _eager_distiller,  # CUDA only: the same code without graphs
     "library-cl": _channels_last_distiller,  # CUDA only: generator and discriminator in channels_last
     "library-stock-conv": _stock_conv_distiller,  # the discriminator with nn.Conv2d's double backward
+    "library-stock-norm": _stock_norm_distiller,  # ... with torch's layer-norm double backward
     "naive": NaiveDistiller,
 }
 CPU_SAME_AS_LIBRARY = ("library-eager", "library-cl")  # no graphs on CPU; G and D already channels_last there
@@ -93,6 +105,10 @@ EXPERIMENTS = {
     "library-cl": ("channels_last_speedup", "library-cl (G and D in channels_last) vs library", False),
     "library-stock-conv": (
         "penalty_conv_speedup", "library (PenaltyConv2d) vs library-stock-conv (nn.Conv2d in D)", True,
+    ),
+    "library-stock-norm": (
+        "norm_second_order_speedup",
+        "library (SampleLayerNorm) vs library-stock-norm (torch's layer-norm double backward in D)", True,
     ),
 }
 

@@ -1,12 +1,18 @@
-"""The discriminator step with the WGAN-GP gradient penalty: ``PenaltyConv2d`` against ``nn.Conv2d``.
+"""The discriminator step with the WGAN-GP gradient penalty: the library's second derivatives against torch's.
 
-The discriminator of ``synthsets.distill`` is built from
-``synthsets.discriminator.PenaltyConv2d``: an ``nn.Conv2d`` whose second derivative (the
-gradient penalty's double backward) uses ordinary convolution kernels, and which skips
-the weight gradients in the penalty's own ``autograd.grad`` pass. torch differentiates its
-convolution backward with a convolution of batch-transposed tensors whose kernel is as
-large as the feature map. Two workloads, each timed for both layers in the same run,
-round by round:
+The discriminator of ``synthsets.distill`` is built from two layers with their own
+second derivative (the gradient penalty's double backward):
+
+* ``synthsets.discriminator.PenaltyConv2d``: an ``nn.Conv2d`` whose second derivative uses
+  ordinary convolution kernels, and which skips the weight gradients in the penalty's own
+  ``autograd.grad`` pass. torch differentiates its convolution backward with a
+  convolution of batch-transposed tensors whose kernel is as large as the feature map;
+* ``synthsets.discriminator.SampleLayerNorm``: a layer norm whose second derivative takes
+  about half the passes over memory of torch's generic formula.
+
+Three discriminators, each timed in the same run, round by round: ``torch`` (nn.Conv2d and
+torch's layer-norm second derivative), ``PenaltyConv2d`` (the fast convolutions only) and
+``library`` (both, as the library trains). Two workloads:
 
 * ``penalty``: ``gradient_penalty(D, real, fake)`` and its backward;
 * ``D step``: the whole discriminator loss of a distillation step (scores of real and
@@ -43,7 +49,8 @@ from synthsets.models import preferred_memory_format
 
 from . import _common as C
 
-LAYERS = ("nn.Conv2d", "PenaltyConv2d")
+#: discriminator variants -> (fast convolutions, fast layer-norm second derivative)
+LAYERS = {"torch": (False, False), "PenaltyConv2d": (True, False), "library": (True, True)}
 #: name -> (width, channels, image size)
 SIZES = {"cpu-small": (32, 1, 28), "paper": (196, 3, 32), "tiny": (8, 1, 28)}
 
@@ -52,14 +59,17 @@ LAYOUTS = {"standard": torch.contiguous_format, "channels_last": torch.channels_
 
 
 def discriminator(layer: str, size: str, device: torch.device | str, seed: int = 0, layout: str | None = None) -> nn.Module:
-    """The distillation's discriminator, with ``layer`` convolutions, in ``layout`` (default:
-    the library's layout for the device)."""
+    """The distillation's discriminator, variant ``layer`` (see ``LAYERS``), in ``layout``
+    (default: the library's layout for the device)."""
     width, channels, image_size = SIZES[size]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         D = Discriminator(10, channels, image_size, width).to(device)
-    if layer == "nn.Conv2d":
+    fast_convolutions, fast_norms = LAYERS[layer]
+    if not fast_convolutions:
         C.stock_convolutions(D)
+    if not fast_norms:
+        C.torch_norm_second_order(D)
     return D.to(memory_format=LAYOUTS[layout] if layout else preferred_memory_format(D, device))
 
 
@@ -98,10 +108,10 @@ def workload(device: str, layer: str, size: str, batch: int, what: str, layout: 
 
 
 def check_same(device: torch.device, size: str, batch: int) -> dict[str, float]:
-    """Largest relative gradient difference (per tensor, by norm) between the two layers
-    after one D step from the same weights, inputs and mixing weights."""
+    """Largest relative gradient difference (per tensor, by norm) between the library's
+    discriminator and torch's after one D step from the same weights, inputs and mixing weights."""
     grads = []
-    for layer in LAYERS:
+    for layer in ("torch", "library"):
         D = discriminator(layer, size, device)
         real, fake, labels = batch_of(size, batch, device)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -143,14 +153,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 for layer, t in times.items():
                     row = {
                         "size": size, "batch": batch, "layout": layout, "workload": what, "layer": layer,
-                        "ms": round(C.median(t) * 1000, 2), "speedup": round(C.ratio(times["nn.Conv2d"], t), 3),
+                        "ms": round(C.median(t) * 1000, 2), "speedup": round(C.ratio(times["torch"], t), 3),
                     }
                     row.update(C.maybe_memory(args, what == "D step", workload, layer=layer, size=size, batch=batch,
                                               what=what, layout=layout))
                     rows.append(row)
     C.print_table(f"Discriminator with the gradient penalty, {device}", rows, [
         ("size", "size", ""), ("batch", "batch", ""), ("layout", "layout", ""), ("workload", "workload", ""),
-        ("layer", "convolutions", ""),
+        ("layer", "second derivatives", ""),
         ("ms", "ms", ".1f"), ("speedup", "speed-up", ".2f"), ("peak_mb", "peak MB", ".0f"),
     ])
     results = {"rows": rows, "same": checks}

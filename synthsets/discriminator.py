@@ -147,24 +147,159 @@ class PenaltyConv2d(nn.Conv2d):
         return super().forward(x)
 
 
+def _row_dots(a: Tensor, b: Tensor) -> Tensor:
+    """The dot product of each row of two ``(N, M)`` tensors, as ``(N, 1)``."""
+    return torch.linalg.vecdot(a, b).unsqueeze(1)
+
+
+def _layer_norm_second_order(
+    grad_out: Tensor, x: Tensor, weight: Tensor | None, mean: Tensor, rstd: Tensor,
+    gg_x: Tensor | None, gg_weight: Tensor | None, gg_bias: Tensor | None, needs: tuple[bool, bool, bool],
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """The gradients ``(grad_out, x, weight)`` of ``<gg_x, dx> + <gg_weight, dw> + <gg_bias, db>``,
+    where ``(dx, dw, db)`` are the gradients of a layer norm over the rows of ``x`` (``N, M``)
+    that received ``grad_out``; ``needs`` says which of the three to compute.
+
+    With ``r = rstd``, ``xh = (x - mean) r``, ``g = grad_out * weight`` and, per row,
+    ``P(v) = v - mean(v) - xh mean(v xh)`` (a symmetric projection): ``dx = r P(g)``,
+    ``dw = sum_rows grad_out xh``, ``db = sum_rows grad_out``. So the gradient reaching ``g``
+    is ``r P(gg_x)``, and the one reaching ``x`` is the layer norm's own backward applied to
+    what reaches ``xh``, plus the path through ``r`` itself. Each is a few fused passes
+    over the rows (``addcmul``) with per-row scalars, where torch's generic formula takes
+    about twice as many."""
+    need_grad_out, need_x, need_weight = needs
+    m = x.shape[1]
+    d_grad_out = d_x = d_weight = None
+    xh = torch.addcmul(-mean * rstd, x, rstd)
+    g = grad_out * weight if weight is not None else grad_out
+    if gg_x is not None:
+        s_u, s_uxh = gg_x.sum(1, keepdim=True), _row_dots(gg_x, xh)
+        if need_grad_out or need_weight:
+            d_g = torch.addcmul(-rstd * s_u / m, gg_x, rstd).addcmul_(xh, -rstd * s_uxh / m)  # r P(gg_x)
+            if need_grad_out:
+                d_grad_out = d_g * weight if weight is not None else d_g
+            if need_weight and weight is not None:
+                d_weight = torch.linalg.vecdot(d_g, grad_out, dim=0)
+        if need_x:
+            mean_g, mean_gxh = g.mean(1, keepdim=True), _row_dots(g, xh) / m
+            through_r = _row_dots(gg_x, g) - mean_g * s_u - mean_gxh * s_uxh  # <gg_x, P(g)>
+            # what reaches xh: alpha gg_x + beta g, with its row means
+            alpha, beta = -rstd * mean_gxh, -rstd * s_uxh / m
+            mean_h = alpha * s_u / m + beta * mean_g
+            mean_hxh = alpha * s_uxh / m + beta * mean_gxh
+            d_x = (
+                torch.addcmul(-rstd * mean_h, gg_x, rstd * alpha)
+                .addcmul_(g, rstd * beta)
+                .addcmul_(xh, -rstd * mean_hxh - rstd * rstd * through_r / m)
+            )
+    if gg_weight is not None:
+        if need_grad_out:
+            term = xh * gg_weight
+            d_grad_out = term if d_grad_out is None else d_grad_out.add_(term)
+        if need_x:  # the layer norm backward of grad_out * gg_weight, which reaches xh
+            h = grad_out * gg_weight
+            term = torch.addcmul(-rstd * h.mean(1, keepdim=True), h, rstd).addcmul_(xh, -rstd * _row_dots(h, xh) / m)
+            d_x = term if d_x is None else d_x.add_(term)
+    if gg_bias is not None and need_grad_out:
+        d_grad_out = gg_bias.expand_as(grad_out).clone() if d_grad_out is None else d_grad_out.add_(gg_bias)
+    return d_grad_out, d_x, d_weight
+
+
+class _LayerNormGradients(torch.autograd.Function):
+    """The gradients ``(x, weight, bias)`` of a layer norm over the rows of ``x`` for an
+    output gradient (torch's fused kernel), differentiable with
+    :func:`_layer_norm_second_order` (to any order: under ``create_graph`` the row
+    statistics are recomputed from ``x`` so that they are differentiated too)."""
+
+    @staticmethod
+    def forward(ctx, grad_out: Tensor, x: Tensor, weight: Tensor | None, mean: Tensor, rstd: Tensor,  # type: ignore[override]
+                eps: float, has_bias: bool, mask: list[bool]):
+        ctx.save_for_backward(grad_out, x, weight, mean, rstd)
+        ctx.set_materialize_grads(False)  # unused outputs stay None: no work on zeros
+        ctx.eps = eps
+        d_x, d_weight, _ = torch.ops.aten.native_layer_norm_backward(
+            grad_out, x, [x.shape[1]], mean, rstd, weight, None, [mask[0], mask[1] and weight is not None, False]
+        )
+        return d_x, d_weight, grad_out.sum(0) if mask[2] and has_bias else None
+
+    @staticmethod
+    def backward(ctx, gg_x: Tensor | None, gg_weight: Tensor | None, gg_bias: Tensor | None):  # type: ignore[override]
+        grad_out, x, weight, mean, rstd = ctx.saved_tensors
+        if torch.is_grad_enabled():  # a higher derivative follows: statistics as functions of x
+            mean = x.mean(1, keepdim=True)
+            rstd = torch.rsqrt(x.var(1, correction=0, keepdim=True) + ctx.eps)
+        grads = _layer_norm_second_order(
+            grad_out, x, weight, mean, rstd, gg_x, gg_weight, gg_bias, tuple(ctx.needs_input_grad[:3])
+        )
+        return (*grads, None, None, None, None, None)
+
+
+class _RowLayerNorm(torch.autograd.Function):
+    """``layer_norm`` over the rows of an ``(N, M)`` tensor whose backward is
+    :class:`_LayerNormGradients` (so its double backward is fast)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:  # type: ignore[override]
+        out, mean, rstd = torch.native_layer_norm(x, [x.shape[1]], weight, bias, eps)
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.eps, ctx.has_bias = eps, bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        x, weight, mean, rstd = ctx.saved_tensors
+        mask = list(ctx.needs_input_grad[:3])
+        if _in_input_gradient_pass():
+            mask[1] = mask[2] = False
+        return (*_LayerNormGradients.apply(grad_out, x, weight, mean, rstd, ctx.eps, ctx.has_bias, mask), None)
+
+
 class SampleLayerNorm(nn.LayerNorm):
     """``nn.LayerNorm([C, H, W])``: each sample normalised over all its values, with an
-    elementwise affine map. It also takes channels_last input as it is, without copying
-    it to the standard layout: the mean and variance of a sample do not depend on the
-    order of its values, so it normalises the (N, H, W, C) view with the affine
-    parameters permuted to match, and returns a channels_last result."""
+    elementwise affine map. Two differences from ``nn.LayerNorm``, same results:
+
+    * it takes channels_last input as it is, without copying it to the standard layout:
+      the mean and variance of a sample do not depend on the order of its values, so it
+      normalises the (N, H, W, C) view with the affine parameters permuted to match, and
+      returns a channels_last result;
+    * its second derivative (a gradient penalty's) takes about half the passes over
+      memory of torch's generic one (see :func:`_layer_norm_second_order`). That path
+      applies to float32/float64 under autograd, outside autocast, when the norm covers
+      all of a sample; otherwise, and while the model is traced, compiled or exported,
+      it is torch's own layer norm.
+    """
 
     layout_agnostic = True  # synthsets.preferred_memory_format may pick channels_last
 
     def forward(self, x: Tensor) -> Tensor:
         channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-        if channels_last and len(self.normalized_shape) == 3:
-            c, h, w = self.normalized_shape
-            weight = self.weight.permute(1, 2, 0) if self.weight is not None else None
-            bias = self.bias.permute(1, 2, 0) if self.bias is not None else None
-            out = F.layer_norm(x.permute(0, 2, 3, 1), (h, w, c), weight, bias, self.eps)
-            return out.permute(0, 3, 1, 2)
-        return super().forward(x)
+        shape, weight, bias = tuple(self.normalized_shape), self.weight, self.bias
+        if channels_last and len(shape) == 3:
+            c, h, w = shape
+            shape = (h, w, c)
+            weight = weight.permute(1, 2, 0) if weight is not None else None
+            bias = bias.permute(1, 2, 0) if bias is not None else None
+            x = x.permute(0, 2, 3, 1)
+        else:
+            channels_last = False
+        if self._fast_second_order(x, shape):
+            n = x.shape[0]
+            flat = (lambda t: t.reshape(-1) if t is not None else None)
+            out = _RowLayerNorm.apply(x.reshape(n, -1), flat(weight), flat(bias), self.eps).view(x.shape)
+        else:
+            out = F.layer_norm(x, shape, weight, bias, self.eps)
+        return out.permute(0, 3, 1, 2) if channels_last else out
+
+    def _fast_second_order(self, x: Tensor, shape: tuple[int, ...]) -> bool:
+        return (
+            torch.is_grad_enabled()
+            and not _capturing_graph()
+            and (x.requires_grad or any(p is not None and p.requires_grad for p in (self.weight, self.bias)))
+            and x.dtype in (torch.float32, torch.float64)
+            and tuple(x.shape[1:]) == shape  # all of a sample (a wrong shape gets torch's error)
+            and x.shape[0] > 0
+            and not torch.is_autocast_enabled(x.device.type)
+        )
 
 
 def _out_size(size: int, stride: int) -> int:

@@ -93,13 +93,17 @@ def test_distill_step(tmp_path, capsys, one_thread):
     assert "top operators by CPU self time" in printed
     _positive(data["rows"], "ms_per_step", "speedup_vs_naive")
     assert {(r["stage"], r["variant"]) for r in data["rows"]} == {
-        (s, v) for s in (1, 2) for v in ("library", "library-stock-conv", "naive")
+        (s, v) for s in (1, 2) for v in ("library", "library-stock-conv", "library-stock-norm", "naive")
     }
     assert data["equivalence"]["match"] is True
     # the discriminator-convolution experiment: the library against itself with nn.Conv2d
     assert set(data["penalty_conv_speedup"]) == {"stage1", "stage2"}
     assert all(v > 0 for v in data["penalty_conv_speedup"].values())
     assert "library (PenaltyConv2d) vs library-stock-conv (nn.Conv2d in D), speed-up: stage1" in printed
+    # ... and with torch's layer-norm second derivative
+    assert set(data["norm_second_order_speedup"]) == {"stage1", "stage2"}
+    assert all(v > 0 for v in data["norm_second_order_speedup"].values())
+    assert "library (SampleLayerNorm) vs library-stock-norm (torch's layer-norm double backward in D)" in printed
 
 
 def test_distill_step_layout_experiment(tmp_path, capsys, one_thread, monkeypatch):
@@ -131,8 +135,9 @@ def test_penalty(tmp_path, capsys, one_thread):
     assert any("PenaltyConv2d" in line for line in _table_rows(printed))
     _positive(data["rows"], "ms", "speedup")
     assert {(r["workload"], r["layer"]) for r in data["rows"]} == {
-        (w, layer) for w in ("penalty", "D step") for layer in ("nn.Conv2d", "PenaltyConv2d")
+        (w, layer) for w in ("penalty", "D step") for layer in ("torch", "PenaltyConv2d", "library")
     }
+    assert all(r["speedup"] == 1.0 for r in data["rows"] if r["layer"] == "torch")  # the reference
     _memory([r for r in data["rows"] if r["workload"] == "D step"])
     assert data["same"]["tiny"]["grad_max_rel"] < 1e-4  # float noise: the same gradients
 
@@ -172,3 +177,19 @@ def test_scripts_also_run_as_files(tmp_path):
     data = json.loads(out.read_text())
     assert data["benchmark"] == "loader"
     _memory(data["rows"])
+
+
+def test_penalty_variants_use_the_layers_they_name():
+    """torch: nn.Conv2d and torch's layer-norm double backward; PenaltyConv2d: the fast
+    convolutions only; library: both fast second derivatives."""
+    from synthsets.discriminator import PenaltyConv2d, SampleLayerNorm
+
+    module = importlib.import_module("benchmarks.penalty")
+    x = torch.randn(2, 1, 28, 28)
+    for variant, (fast_convolutions, fast_norms) in module.LAYERS.items():
+        D = module.discriminator(variant, "tiny", "cpu")
+        convs = [m for m in D.modules() if isinstance(m, torch.nn.Conv2d)]
+        norms = [m for m in D.modules() if isinstance(m, SampleLayerNorm)]
+        assert len(convs) == len(norms) == 8
+        assert all((type(m) is PenaltyConv2d) == fast_convolutions for m in convs)
+        assert all(m._fast_second_order(x, (1, 28, 28)) == fast_norms for m in norms[:1])
