@@ -147,6 +147,10 @@ class PenaltyConv2d(nn.Conv2d):
         return super().forward(x)
 
 
+def _flat(t: Tensor | None) -> Tensor | None:
+    return t.reshape(-1) if t is not None else None
+
+
 def _row_dots(a: Tensor, b: Tensor) -> Tensor:
     """The dot product of each row of two ``(N, M)`` tensors, as ``(N, 1)``."""
     return torch.linalg.vecdot(a, b).unsqueeze(1)
@@ -282,10 +286,9 @@ class SampleLayerNorm(nn.LayerNorm):
             x = x.permute(0, 2, 3, 1)
         else:
             channels_last = False
-        if self._fast_second_order(x, shape):
-            n = x.shape[0]
-            flat = (lambda t: t.reshape(-1) if t is not None else None)
-            out = _RowLayerNorm.apply(x.reshape(n, -1), flat(weight), flat(bias), self.eps).view(x.shape)
+        if self._fast_second_order(x, shape):  # one row per sample
+            rows = _RowLayerNorm.apply(x.reshape(x.shape[0], -1), _flat(weight), _flat(bias), self.eps)
+            out = rows.view(x.shape)
         else:
             out = F.layer_norm(x, shape, weight, bias, self.eps)
         return out.permute(0, 3, 1, 2) if channels_last else out
