@@ -138,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     device = C.setup(args)
     cpu = device.type == "cpu"
     sizes = ["tiny"] if args.tiny else (args.sizes or ["cpu-small", "paper"])
-    repeats = args.repeats or (1 if args.tiny else 7 if cpu else 10)
+    repeats = args.repeats or (1 if args.tiny else 7)
     layouts = args.layouts or (["channels_last"] if cpu else list(LAYOUTS))
     rows = []
     checks = {}
@@ -149,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for layout in layouts:
             for what in ("penalty", "D step"):
                 variants = {layer: workload(str(device), layer, size, batch, what, layout) for layer in LAYERS}
-                times = C.interleaved(variants, device, repeats, min_seconds=0.0 if args.tiny else 0.2 * (not cpu))
+                times = C.interleaved(variants, device, repeats, min_seconds=0.0 if args.tiny else 0.1 * (not cpu))
                 for layer, t in times.items():
                     row = {
                         "size": size, "batch": batch, "layout": layout, "workload": what, "layer": layer,

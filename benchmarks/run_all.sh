@@ -43,7 +43,7 @@ step() {  # step NAME LIMIT_SECONDS COMMAND...
 if [ "${DEVICE%%:*}" = cuda ]; then
   step cuda-tests 90 $PY -m pytest -q -p no:cacheprovider tests/test_cuda_graphs.py tests/test_augment.py tests/test_dataset.py tests/test_discriminator.py -k "cuda or graph"
 fi
-step penalty 60 $PY -m benchmarks.penalty --device "$DEVICE" --json "$OUTDIR/penalty.json" $TINY
+step penalty 75 $PY -m benchmarks.penalty --device "$DEVICE" --json "$OUTDIR/penalty.json" $TINY
 step distill_step 240 $PY -m benchmarks.distill_step --device "$DEVICE" --profile --json "$OUTDIR/distill_step.json" $TINY
 step generation 130 $PY -m benchmarks.generation --device "$DEVICE" --json "$OUTDIR/generation.json" $TINY
 step loader 70 $PY -m benchmarks.loader --device "$DEVICE" --json "$OUTDIR/loader.json" $TINY
