@@ -200,6 +200,27 @@ class DistillConfig:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
 
 
+#: settings a resumed run may change: what it reads the data from (the data themselves
+#: must be the same), where and how it reports, how long it runs and on what device; all
+#: others must equal the checkpoint's (``stage1_epochs`` may move while still in stage 1)
+RESUME_MAY_CHANGE = frozenset({
+    "data", "root", "image_size", "download", "out", "stage2_epochs", "stage1_minutes", "stage2_minutes",
+    "samples_per_class", "push_to_hub", "preset", "progress", "device", "cuda_graphs",
+})
+
+
+def _dataset_identity(real: RealData) -> dict[str, Any]:
+    """What a checkpoint records of its training data, to recognise them on resume."""
+    return {"name": real.name, "classes": list(real.classes), "channels": real.channels,
+            "image_size": real.image_size, "train_images": len(real.train.labels)}
+
+
+def _describe_dataset(identity: dict[str, Any]) -> str:
+    size = identity.get("image_size")
+    return (f"{identity.get('name')!r} ({len(identity.get('classes') or [])} classes, "
+            f"{identity.get('channels')}x{size}x{size}, {identity.get('train_images')} training images)")
+
+
 class ConfigError(ValueError):
     """A bad :class:`DistillConfig` setting. ``str(err)`` names the fields as
     ``DistillConfig.<field>``; :meth:`render` names them another way (the CLI's options)."""
@@ -214,9 +235,14 @@ class ConfigError(ValueError):
         return self.template.format(*(name(f) for f in self.fields))
 
 
+def _escape(text: str) -> str:
+    """``text`` as literal text of a ``str.format`` template."""
+    return text.replace("{", "{{").replace("}", "}}")
+
+
 def _bad(field_name: str, problem: str) -> ConfigError:
     """``ConfigError`` for one field: "<field> <problem>" (``problem`` is literal text)."""
-    return ConfigError((field_name,), "{} " + problem.replace("{", "{{").replace("}", "}}"))
+    return ConfigError((field_name,), "{} " + _escape(problem))
 
 
 def _is_real(value: Any) -> bool:
@@ -644,23 +670,43 @@ class Distiller:
             "config": self.cfg.to_json(),
             "world_size": self.world,
             "wall_seconds": round(self.wall_seconds(), 3),
+            "dataset": _dataset_identity(self.real),
         }
         save_checkpoint(self.checkpoint_path, parts, meta)
 
-    def load_checkpoint(self) -> None:
-        parts, meta = load_checkpoint(self.checkpoint_path)
-        saved = meta.get("config", {})
+    def _check_resumable(self, meta: dict[str, Any]) -> None:
+        """Refuse a checkpoint made with other data or other settings than this run's
+        (only those in ``RESUME_MAY_CHANGE`` may differ), naming each difference."""
+        saved = meta.get("config", {}) if isinstance(meta.get("config"), dict) else {}
+        now = self.cfg.to_json()
+        known_data = isinstance(meta.get("dataset"), dict)  # checkpoints of older versions lack it
+        may_change = RESUME_MAY_CHANGE if known_data else RESUME_MAY_CHANGE - {"data", "image_size"}
         changed = {
-            k: (saved[k], getattr(self.cfg, k))
-            for k in ("width", "disc_width", "noise_dim", "stage1_epochs")
-            if k in saved and saved[k] != getattr(self.cfg, k)
+            k: (saved[k], now[k])
+            for k in now
+            if k in saved and k not in may_change and not k.startswith("_") and saved[k] != now[k]
         }
         # the stage boundary may move only if the checkpoint is still inside stage 1
-        if "stage1_epochs" in changed and int(meta["epoch"]) <= min(changed["stage1_epochs"]):
+        if "stage1_epochs" in changed and _is_real(meta.get("epoch")) and meta["epoch"] <= min(changed["stage1_epochs"]):
             changed.pop("stage1_epochs")
-        if changed:
-            shown = ", ".join(f"{k}: {a} in the checkpoint, {b} now" for k, (a, b) in changed.items())
-            raise ValueError(f"cannot resume {self.checkpoint_path}: the settings differ ({shown})")
+        fields, parts = [], []
+        identity = _dataset_identity(self.real)
+        if known_data and meta["dataset"] != identity:
+            fields.append("data")
+            parts.append("{}: " + _escape(f"{_describe_dataset(meta['dataset'])} in the checkpoint, "
+                                          f"{_describe_dataset(identity)} now"))
+        for name, (before, after) in changed.items():
+            fields.append(name)
+            parts.append("{}: " + _escape(f"{before!r} in the checkpoint, {after!r} now"))
+        if fields:
+            raise ConfigError(fields, _escape(f"cannot resume {self.checkpoint_path}: this run differs from it (")
+                              + "; ".join(parts)
+                              + _escape(f"); resume with the settings it was made with ({self.out / 'distill_config.json'} "
+                                        "lists them), or choose another --out"))
+
+    def load_checkpoint(self) -> None:
+        parts, meta = load_checkpoint(self.checkpoint_path)
+        self._check_resumable(meta)
         try:
             epoch = int(meta["epoch"])
             self.G.load_state_dict(parts["generator"])
@@ -668,7 +714,8 @@ class Distiller:
             self.opt_g.load_state_dict(optimizer_state(parts["opt_g"]))
             self.opt_d.load_state_dict(optimizer_state(parts["opt_d"]))
         except (KeyError, TypeError, ValueError, RuntimeError) as err:  # e.g. a run on other data
-            detail = f"{type(err).__name__}: {err}".splitlines()[0]
+            detail = " ".join(line.strip() for line in f"{type(err).__name__}: {err}".splitlines() if line.strip())
+            detail = detail if len(detail) <= 300 else detail[:297] + "..."
             raise ValueError(
                 f"cannot resume {self.checkpoint_path}: it does not fit this run ({detail}); "
                 "resume with the data and settings it was made with, delete it to start over, or choose another --out"
@@ -735,9 +782,11 @@ class Distiller:
                 f"{self.out} already holds a run (checkpoint {self.checkpoint_path}); "
                 "pass --resume to continue it, or choose another --out"
             )
-        if self.is_main and self.epoch == 0:
-            (self.out / "log.jsonl").unlink(missing_ok=True)
-            (self.out / "distill_config.json").write_text(json.dumps(cfg.to_json(), indent=2) + "\n")
+        if self.is_main:
+            if self.epoch == 0:
+                (self.out / "log.jsonl").unlink(missing_ok=True)
+            # this session's settings (a resume may change only RESUME_MAY_CHANGE)
+            atomic_write_text(self.out / "distill_config.json", json.dumps(cfg.to_json(), indent=2) + "\n")
         if resume and 0 < self.epoch == cfg.stage1_epochs:  # resumed exactly at the stage boundary
             self._finish_stage1()
         self.session_started = time.time()

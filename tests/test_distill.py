@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -564,8 +565,44 @@ def test_resume_with_other_data_is_reported(grey28, rgb32, tmp_path, capsys):
     capsys.readouterr()
     assert run_cli(grey28, out, "--stage2-epochs", "0", "--resume") == 2
     err = capsys.readouterr().err.split("\r")[-1]  # after the data loader's progress bar
-    assert err.startswith(f"error: cannot resume {out / 'checkpoints' / 'last.safetensors'}: it does not fit this run")
-    assert "delete it to start over" in err and err.count("\n") == 1
+    checkpoint = out / "checkpoints" / "last.safetensors"
+    assert err.startswith(f"error: cannot resume {checkpoint}: this run differs from it (--data: 'rgb32")
+    assert "(3 classes, 3x32x32, 36 training images) in the checkpoint, 'grey28" in err
+    assert "(3 classes, 1x28x28, 36 training images) now" in err
+    assert f"({out / 'distill_config.json'} lists them), or choose another --out" in err and err.count("\n") == 1
+
+
+def test_resume_with_other_data_of_the_same_shape_or_settings_is_refused(grey28, tmp_path, capsys):
+    """Other images of the same shape, another seed or learning rate: refused, each named;
+    the checkpoint and the recorded settings stay as they were."""
+    other = write_folder(tmp_path / "other28", 28, "L", n_train=10, seed=3)
+    out = tmp_path / "run"
+    assert run_cli(grey28, out, "--stage2-epochs", "0") == 0
+    checkpoint = out / "checkpoints" / "last.safetensors"
+    before, settings = checkpoint.read_bytes(), (out / "distill_config.json").read_text()
+    capsys.readouterr()
+    assert run_cli(other, out, "--stage2-epochs", "0", "--seed", "7", "--lr", "0.5", "--resume") == 2
+    err = capsys.readouterr().err.split("\r")[-1]
+    assert "36 training images) in the checkpoint, 'other28' (3 classes, 1x28x28, 30 training images) now" in err
+    assert "--lr: 0.0001 in the checkpoint, 0.5 now; --seed: 0 in the checkpoint, 7 now" in err
+    assert checkpoint.read_bytes() == before and (out / "distill_config.json").read_text() == settings
+    # the Python API names the DistillConfig fields
+    with pytest.raises(distill_mod.ConfigError, match=r"DistillConfig.seed: 0 in the checkpoint, 7 now"):
+        distill_mod.distill(tiny_config(grey28, out, stage2_epochs=0, seed=7), resume=True)
+
+
+def test_resume_may_change_the_schedule_and_reporting(grey28, tmp_path):
+    """Longer training, another sample grid and a moved data folder (same name and images)
+    are fine; the recorded settings follow the session."""
+    out = tmp_path / "run"
+    assert run_cli(grey28, out, "--stage2-epochs", "0") == 0
+    grey28_copy = tmp_path / "moved" / grey28.name  # the same images, read from elsewhere
+    shutil.copytree(grey28, grey28_copy)
+    assert run_cli(grey28_copy, out, "--stage2-epochs", "1", "--samples-per-class", "2", "--resume") == 0
+    assert [r["epoch"] for r in read_log(out)] == [1, 2]
+    recorded = json.loads((out / "distill_config.json").read_text())
+    assert recorded["stage2_epochs"] == 1 and recorded["samples_per_class"] == 2
+    assert recorded["data"] == str(grey28_copy)
 
 
 def test_stage_time_limits(grey28, tmp_path, monkeypatch):
