@@ -47,7 +47,7 @@ from .data import RealData, load_real
 from .dataset import _mix_seed, resolve_device
 from .discriminator import Discriminator, gradient_penalty
 from .generator import Generator, GeneratorConfig
-from .hub import WeightsError, atomic_write_text, file_in_the_way
+from .hub import UploadError, WeightsError, atomic_write_text, file_in_the_way, hub_offline, upload_folder_or_explain
 from .models import POOL, create_model, is_model, list_models, preferred_memory_format
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -395,6 +395,11 @@ class Distiller:
         config.validate()  # again: fields may have been changed since construction
         config = apply_preset(config, explicit=_explicit_fields(config))  # a no-op if applied already
         _check_out(Path(config.out))
+        if config.push_to_hub and hub_offline():  # found out now, not after hours of training
+            raise _bad("push_to_hub", f"{config.push_to_hub!r} needs the network, but huggingface_hub is offline "
+                                      "(HF_HUB_OFFLINE=1): unset it, or leave the option out and upload the "
+                                      f"finished folder later with: hf upload {config.push_to_hub} {config.out} . "
+                                      "--exclude 'checkpoints/*'")
         self.cfg = config
         self.device, self.rank, self.world, self._started_dist = _setup_distributed(config.device)
         try:
@@ -821,9 +826,7 @@ class Distiller:
             self.save_generator(self.out, card.distill_card(cfg, self.real, self.epoch, wall))
             self.save_samples("final")
             if cfg.push_to_hub:
-                from .hub import upload_folder
-
-                url = upload_folder(self.out, cfg.push_to_hub, commit_message="Upload DiM generator (synthsets.distill)")
+                url = upload_folder_or_explain(self.out, cfg.push_to_hub, "Upload DiM generator (synthsets.distill)")
                 print(f"pushed to {url}", file=sys.stderr)
         if self.world > 1:
             torch.distributed.barrier()
@@ -993,7 +996,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:  # name the command-line option, not the DistillConfig field
         print(f"error: {err.render(_option_names(parser))}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, FileExistsError, ValueError, WeightsError) as err:
+    except (FileNotFoundError, FileExistsError, ValueError, WeightsError, UploadError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", 0)) == 0:

@@ -408,6 +408,31 @@ def _download(
     return folder
 
 
+def hub_offline() -> bool:
+    """Whether ``huggingface_hub`` is in offline mode (``HF_HUB_OFFLINE=1``)."""
+    from huggingface_hub import constants
+
+    return bool(getattr(constants, "HF_HUB_OFFLINE", False))
+
+
+class UploadError(RuntimeError):
+    """An upload to the Hub failed; the local folder is complete."""
+
+
+def upload_folder_or_explain(folder: str | Path, repo_id: str, commit_message: str) -> str:
+    """:func:`upload_folder`, with any failure turned into an :class:`UploadError` that says
+    the folder is complete and how to upload it later."""
+    try:
+        return upload_folder(folder, repo_id, commit_message=commit_message)
+    except Exception as err:  # network, auth, permissions: the work is safe on disk either way
+        detail = " ".join(f"{type(err).__name__}: {err}".split())
+        detail = detail if len(detail) <= 300 else detail[:297] + "..."
+        raise UploadError(
+            f"the generator is complete in {folder}, but uploading it to {repo_id} failed ({detail}); "
+            f"upload it later with: hf upload {repo_id} {folder} . --exclude 'checkpoints/*'"
+        ) from err
+
+
 def upload_folder(
     folder: str | Path,
     repo_id: str,

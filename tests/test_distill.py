@@ -1020,3 +1020,32 @@ def test_help_describes_every_preset_and_shows_defaults():
     assert "--lambda" in text and "logits-matching" in actions["match_weight"].help
     assert "progress bar" in actions["progress"].help
 
+
+
+def test_push_to_hub_offline_is_refused_before_training(grey28, tmp_path, capsys, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    out = tmp_path / "run"
+    assert run_cli(grey28, out, "--push-to-hub", "me/dim-grey") == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "error: --push-to-hub 'me/dim-grey' needs the network, but huggingface_hub is offline (HF_HUB_OFFLINE=1): "
+        f"unset it, or leave the option out and upload the finished folder later with: hf upload me/dim-grey {out} . "
+        "--exclude 'checkpoints/*'\n"
+    )
+    assert not out.exists()  # nothing trained
+
+
+def test_failed_upload_says_the_folder_is_complete(grey28, tmp_path, capsys, hub_endpoint):
+    """An upload that fails after training (here: the Hub is gone) ends with one line that
+    says where the generator is and how to upload it later, not a traceback."""
+    import synthsets
+
+    out = tmp_path / "run"
+    hub_endpoint.stop()  # the Hub goes away during training
+    assert run_cli(grey28, out, "--push-to-hub", "me/dim-grey") == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: the generator is complete in {out}, but uploading it to me/dim-grey failed (")
+    assert err.endswith(f"upload it later with: hf upload me/dim-grey {out} . --exclude 'checkpoints/*'")
+    assert synthsets.Generator.from_pretrained(out).config.num_classes == 3  # the folder is usable
