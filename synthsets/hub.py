@@ -21,6 +21,7 @@ import json
 import os
 import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -316,6 +317,9 @@ def resolve(
         shown = f"{text} ({path})" if text.startswith("~") else text
         raise PretrainedNotFoundError(f"no such folder: {shown}")
     suggestion = _did_you_mean(text)
+    if suggestion and not local_files_only and not hub_offline():  # say it now: a lookup may retry for a while
+        warnings.warn(f"{text!r} is not a bundled generator{suggestion}; looking for the Hub repo {repo_id!r}",
+                      stacklevel=3)
     try:
         if not _is_valid_repo_id(repo_id):
             raise _HubRepoUnavailable(f"{repo_id!r} is not a valid Hub repo id")

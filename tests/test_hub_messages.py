@@ -70,6 +70,16 @@ def test_typo_of_a_bundled_name_suggests_it(bundled_mnist, typo, meant):
         assert "synthsets/dim-" in message  # the Hub was still tried
 
 
+def test_typo_warns_before_a_hub_lookup_that_may_retry(bundled_mnist, hub_endpoint, recwarn):
+    """Online, the suggestion comes at once (a lookup without network retries for a while);
+    the error after the lookup repeats it. Offline there is no lookup and no warning."""
+    message = _message(synthsets.DiM, "mnsit", inpc=1)
+    assert "did you mean 'mnist'?" in message
+    assert [str(w.message) for w in recwarn if "bundled generator" in str(w.message)] == [
+        "'mnsit' is not a bundled generator (did you mean 'mnist'?); looking for the Hub repo 'synthsets/dim-mnsit'"
+    ]
+
+
 def test_typo_of_a_bundled_name_in_a_synthsets_repo_id(bundled_mnist):
     message = _message(Generator.from_pretrained, "synthsets/dim-mnsit")
     assert "did you mean 'mnist'?" in message
@@ -84,7 +94,9 @@ def test_no_suggestion_for_a_name_unlike_any_bundled_one(bundled_mnist):
 def test_a_typo_name_published_on_the_hub_still_loads(bundled_mnist, hub_endpoint, make_generator):
     generator = make_generator(seed=9)
     generator.push_to_hub("synthsets/dim-mnsit")
-    loaded = synthsets.DiM("mnsit", inpc=1, device="cpu").generator
+    with pytest.warns(UserWarning, match=r"'mnsit' is not a bundled generator \(did you mean 'mnist'\?\); "
+                                         r"looking for the Hub repo 'synthsets/dim-mnsit'"):
+        loaded = synthsets.DiM("mnsit", inpc=1, device="cpu").generator
     for key, value in generator.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
 
