@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from .hub import file_in_the_way
+
 if TYPE_CHECKING:  # pragma: no cover
     from .dataset import SyntheticDataset
 
@@ -75,8 +77,18 @@ def _is_image_folder(path: Path) -> bool:
     )
 
 
+#: suffixes of data files in other formats: a path ending so is not taken for a folder name
+_OTHER_FILE_SUFFIXES = frozenset({
+    ".npz", ".npy", ".pt", ".pth", ".pkl", ".pickle", ".zip", ".tar", ".gz", ".h5", ".hdf5",
+    ".png", ".jpg", ".jpeg", ".json", ".bin", ".csv",
+})
+
+
 def _check_target(path: Path, folder: bool, overwrite: bool) -> None:
     """Refuse to mix a new set with an old one, or to replace anything but an earlier set."""
+    blocker = file_in_the_way(path.parent)
+    if blocker is not None:
+        raise FileExistsError(f"cannot write {path}: {blocker} is a file, not a folder; choose another path")
     if folder and path.exists() and not path.is_dir():
         raise FileExistsError(f"{path} exists and is not a folder; choose another path")
     if not folder and path.is_dir():
@@ -191,6 +203,11 @@ def materialize(
             raise ValueError(f"fmt={fmt!r} needs a path to write to")
         return _fixed_images(dataset, ipc)
     path = Path(path).expanduser()
+    if fmt is None and path.suffix.lower() in _OTHER_FILE_SUFFIXES:
+        raise ValueError(
+            f"{path} names a {path.suffix} file, a format materialize does not write: give a path ending in "
+            ".safetensors, a folder path, or fmt='folder' to write an image folder of that name"
+        )
     if fmt is None:
         fmt = "safetensors" if path.suffix.lower() == ".safetensors" else "folder"
     _check_target(path, fmt == "folder", overwrite)  # before the generation work

@@ -81,3 +81,19 @@ def test_load_materialized_explains_folders_and_missing_paths(tmp_path, dataset)
     with pytest.raises(FileNotFoundError) as caught:
         load_materialized(missing)
     assert str(caught.value) == f"{missing} does not exist; give the .safetensors file that materialize() wrote"
+
+
+def test_materialize_names_paths_it_cannot_write(tmp_path, dataset):
+    """A path under a file, or one named like another file format, is refused before any
+    generation, with a message that says what to do."""
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a folder")
+    with pytest.raises(FileExistsError, match=rf"cannot write {blocker}/sub: {blocker} is a file, not a folder"):
+        dataset.materialize(1, path=blocker / "sub")
+    for name in ("x.npz", "set.pt", "images.png"):
+        with pytest.raises(ValueError, match=r"format materialize does not write: give a path ending in \.safetensors"):
+            dataset.materialize(1, path=tmp_path / name)
+        assert not (tmp_path / name).exists()
+    written = dataset.materialize(1, path=tmp_path / "x.npz", fmt="folder")  # asked for: a folder of that name
+    assert written.is_dir() and len(list(written.rglob("*.png"))) == dataset.num_classes
+    assert dataset.materialize(1, path=tmp_path / "set.v2").is_dir()  # other suffixes: folder names
