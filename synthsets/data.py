@@ -7,6 +7,7 @@ files. ``mean``/``std`` are the training set's per-channel statistics in ``[0, 1
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -301,11 +302,13 @@ def cache_dir() -> Path | None:
 
 
 def _cache_file(path: Path, image_size: int | None, channels: int | None, with_test: bool) -> Path | None:
-    """A cache file name that changes whenever a file under ``path`` is added, removed or modified."""
+    """A cache file name that changes whenever a file under ``path`` is added, removed or
+    modified: ``<folder name>-<settings key>-<file count>-<content key>.safetensors``."""
     folder = cache_dir()
     if folder is None:
         return None
-    digest = hashlib.sha1(json.dumps([str(path.resolve()), image_size, channels, with_test, 1]).encode())
+    settings = hashlib.sha1(json.dumps([str(path.resolve()), image_size, channels, with_test, 1]).encode())
+    digest = settings.copy()
     count = 0
     for dirpath, dirnames, filenames in os.walk(path):
         dirnames.sort()
@@ -313,7 +316,14 @@ def _cache_file(path: Path, image_size: int | None, channels: int | None, with_t
             stat = os.stat(os.path.join(dirpath, name))
             digest.update(f"{dirpath}/{name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
             count += 1
-    return folder / f"{path.name}-{count}-{digest.hexdigest()[:16]}.safetensors"
+    return folder / f"{path.name}-{settings.hexdigest()[:8]}-{count}-{digest.hexdigest()[:16]}.safetensors"
+
+
+def _stale_cache_files(file: Path) -> list[Path]:
+    """Earlier cache files of the same folder and settings as ``file`` (its files changed since)."""
+    prefix = file.name.rsplit("-", 2)[0] + "-"  # <folder name>-<settings key>-
+    return [p for p in file.parent.glob(f"{glob.escape(prefix)}*.safetensors") if p != file and
+            re.fullmatch(re.escape(prefix) + r"\d+-[0-9a-f]{16}\.safetensors", p.name)]
 
 
 def _read_cache(file: Path):
@@ -343,6 +353,8 @@ def _write_cache(file: Path, classes, x_train, y_train, test) -> None:
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(file, save(tensors, metadata={"classes": json.dumps(classes)}))
+        for stale in _stale_cache_files(file):  # one copy per folder and settings, not one per change
+            stale.unlink(missing_ok=True)
     except OSError:  # a read-only home must not stop training
         pass
 

@@ -38,8 +38,10 @@ Only ``random-real`` differs there, as its fixed subset holds INPC images per cl
 
 ``--resume`` continues an output folder only with the settings its runs were made with
 (the protocol settings, ``--seed``, ``--generation-dtype``; ``device`` and ``--compile``
-may differ), and refuses otherwise. Every ``--shard`` writes its results file, an empty
-one if the shard had no jobs, so ``merge`` takes every shard's folder.
+may differ), and refuses otherwise; without ``--resume``, an output folder that already
+holds results is refused. Every ``--shard`` writes its results file, an empty one if the
+shard had no jobs, so ``merge`` takes every shard's folder; ``merge`` refuses results made
+with different settings (compared as ``--resume`` compares them).
 """
 
 from __future__ import annotations
@@ -638,14 +640,15 @@ def _setting_text(name: str, value: Any) -> str:
     return f"{name}={value if isinstance(value, (str, int, float)) else json.dumps(value)}"
 
 
-def _resume_mismatch(record: dict[str, Any], expected: dict[str, Any], seed: int) -> tuple[list[str], list[str]]:
+def _resume_mismatch(record: dict[str, Any], expected: dict[str, Any], seed: int | None) -> tuple[list[str], list[str]]:
     """The settings (``name=value`` texts: recorded, asked for) in which ``record`` differs
-    from a run made now with ``expected`` settings and base ``seed``; empty lists if none."""
+    from a run made now with ``expected`` settings and base ``seed`` (``None``: any); empty
+    lists if none."""
     old, new = _comparable_settings(record.get("settings")), _comparable_settings(expected)
     names = [k for k in dict.fromkeys([*new, *old]) if old.get(k) != new.get(k)]
     was = [_setting_text(k, old.get(k)) for k in names]
     now = [_setting_text(k, new.get(k)) for k in names]
-    if "seed" in record and "run" in record and int(record["seed"]) - int(record["run"]) != seed:
+    if seed is not None and "seed" in record and "run" in record and int(record["seed"]) - int(record["run"]) != seed:
         was.append(f"seed={int(record['seed']) - int(record['run'])}")
         now.append(f"seed={seed}")
     return was, now
@@ -830,6 +833,7 @@ def evaluate(
     the same settings (the protocol settings, ``generation_dtype``, ``model_kwargs`` and
     ``seed``; not those in :data:`UNCOMPARED_SETTINGS`, such as ``device``): a run made with
     other settings raises ``ValueError`` before anything runs, rather than being mixed in.
+    Without ``resume``, a results file there that holds runs raises ``FileExistsError``.
     Returns this shard's records (including resumed ones). ``compile`` trains
     through ``torch.compile`` (see :func:`run_protocol`); ``generation_dtype`` is passed
     to :func:`evaluate_source`.
@@ -916,12 +920,15 @@ def evaluate(
     done: set[tuple] = set()
     if out_path is not None:
         existing = _results_path(out_path, (shard_i, shard_n))
-        if resume and existing.is_file():
-            records = read_results([existing])
+        held = read_results([existing]) if existing.is_file() else []
+        if resume:
+            records = held
             _check_resumable(records, existing, cfg, _generation_dtype(generation_dtype), model_kwargs, seed)
             done = {_job_key(r) for r in records}
-        elif existing.is_file():
-            warnings.warn(f"{existing} exists and will be replaced (pass resume=True / --resume to continue it)", stacklevel=2)
+        elif held:  # an empty results file (a shard with no jobs) loses nothing when replaced
+            raise FileExistsError(
+                f"{out_path} already holds results ({existing}); pass --resume to continue them, or choose another --out"
+            )
 
     bar = None
     if progress:
@@ -958,6 +965,14 @@ def read_results(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
     """Records from results JSON files or folders (a folder: its ``results.rank*.json`` if any,
     else its ``results.json``). Duplicate runs (same dataset, source, INPC, model, run) keep
     the last one read."""
+    merged: dict[tuple, dict[str, Any]] = {}
+    for _, record in _results_runs(paths):
+        merged[_job_key(record)] = record
+    return list(merged.values())
+
+
+def _results_runs(paths: Iterable[str | Path]) -> list[tuple[Path, dict[str, Any]]]:
+    """``(file, record)`` for every run in the results files or folders, as :func:`read_results` finds them."""
     files: list[Path] = []
     for item in paths:
         path = Path(item)
@@ -973,7 +988,7 @@ def read_results(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
             files.append(path)
         else:
             raise FileNotFoundError(f"no such results file or folder: {path}")
-    merged: dict[tuple, dict[str, Any]] = {}
+    found = []
     for file in files:
         try:
             payload = json.loads(file.read_text(encoding="utf-8"))
@@ -982,9 +997,8 @@ def read_results(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
         runs = payload.get("runs") if isinstance(payload, dict) else payload
         if not isinstance(runs, list):
             raise ValueError(f"{file} is not a synthsets.evaluate results file (no 'runs' list)")
-        for record in runs:
-            merged[_job_key(record)] = record
-    return list(merged.values())
+        found.extend((file, record) for record in runs)
+    return found
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -1155,10 +1169,45 @@ def write_outputs(records: Sequence[dict[str, Any]], out: str | Path) -> dict[st
     return {"json": out / "results.json", "markdown": out / "results.md", "plot": plot_accuracy(records, out / PLOT_NAME)}
 
 
+def _merge_mismatch(record: dict[str, Any], other: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """The settings (``name=value`` texts: ``record``'s, ``other``'s) in which two runs differ,
+    compared as :func:`evaluate` compares them on resuming (``generation_dtype`` only between
+    generator runs: a baseline generates nothing)."""
+    expected = dict(other.get("settings") or {})
+    if record.get("kind") != "generator" or other.get("kind") != "generator":
+        record = {**record, "settings": {k: v for k, v in (record.get("settings") or {}).items() if k != "generation_dtype"}}
+        expected.pop("generation_dtype", None)
+    seed = int(other["seed"]) - int(other["run"]) if "seed" in other and "run" in other else None
+    return _resume_mismatch(record, expected, seed)
+
+
 def merge(paths: Sequence[str | Path], out: str | Path | None = None) -> list[dict[str, Any]]:
     """Merge results files/folders (e.g. one per shard or rank) and write the outputs to ``out``
-    (default: the first folder given)."""
-    records = read_results(paths)
+    (default: the first folder given).
+
+    Refuses (``ValueError``, before writing anything) runs made with other settings than the
+    first run read (compared as ``resume`` compares them) and a run (same dataset, source,
+    INPC, model, run) found twice with different results; a run read twice unchanged is kept once.
+    """
+    firsts: dict[bool, tuple[Path, dict[str, Any]]] = {}  # the first generator and baseline runs read
+    merged: dict[tuple, tuple[Path, dict[str, Any]]] = {}
+    for file, record in _results_runs(paths):
+        for first_file, first in firsts.values():
+            was, now = _merge_mismatch(record, first)
+            if was:
+                raise ValueError(
+                    f"{file} holds runs made with {', '.join(was)}; {first_file} holds runs made with "
+                    f"{', '.join(now)}: results made with different settings cannot be merged into one table"
+                )
+        firsts.setdefault(record.get("kind") == "generator", (file, record))
+        key = _job_key(record)
+        if key in merged and merged[key][1] != record:
+            raise ValueError(
+                f"{merged[key][0]} and {file} both hold run {record['run']} of {record['source']} / {record['dataset']} / "
+                f"INPC {record['inpc']} / {record['model']}, with different results: merge only one of them"
+            )
+        merged.setdefault(key, (file, record))
+    records = [record for _, record in merged.values()]
     if out is None:
         folders = [Path(p) for p in paths if Path(p).is_dir()]
         if not folders:
@@ -1268,7 +1317,8 @@ def build_parser() -> argparse.ArgumentParser:
       help="generate in this precision (default fp32, the protocol's); bf16 generates about 1.8x faster on a "
       "CPU with bf16 instructions (a CPU without them, or fp16 on most CPUs, is far slower: it warns), and the "
       "results note it")
-    a("--out", help="output folder for results.json, results.md and accuracy_vs_inpc.png")
+    a("--out", help="output folder for results.json, results.md and accuracy_vs_inpc.png (without it nothing is "
+      "saved); a folder already holding results needs --resume")
     a("--resume", action="store_true", help="skip runs already in OUT's results file; they must have been made with "
       "the same settings (protocol, --seed, --generation-dtype; --device and --compile may differ), else it stops "
       "with an error naming the settings that differ")
@@ -1276,7 +1326,8 @@ def build_parser() -> argparse.ArgumentParser:
       "each shard writes OUT/results.rank{i}.json (empty if it had no jobs): merge every shard's OUT")
     a("--merge", nargs="+", metavar="RESULTS", help="merge results files/folders into --out instead of evaluating "
       "(the same as the merge subcommand, see below)")
-    a("--update-card", action="store_true", help="write the results table into each local generator folder's README.md")
+    a("--update-card", action="store_true", help="write the results table into each local generator folder's README.md "
+      "(not a bundled generator or Hub id: save it to a folder first)")
     a("--no-progress", dest="progress", action="store_false",
       help="no progress bars (runs, training epochs and reading the real data)")
     return p
@@ -1389,11 +1440,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if resolve_device(device).type == "cpu":
             tune_cpu_allocator()  # a command line owns its process: keep freed memory for reuse
         sources = [Source.from_spec(spec) for spec in args.generators]
+        read_only = [s.spec for s in sources if s.folder is None]
+        if args.update_card and read_only:
+            raise ValueError(
+                f"--update-card writes the results into each generator folder's README.md, but {read_only[0]!r} is not "
+                "a folder: bundled generators (and Hub downloads) are read-only; save it to a folder first "
+                f"(Generator.from_pretrained({read_only[0]!r}).save_pretrained(FOLDER)) and pass --generator FOLDER"
+            )
     except (ValueError, FileNotFoundError, WeightsError) as err:  # WeightsError: corrupt or mismatched files
         print(f"error: {err}", file=sys.stderr)
         return 2
     joined = _init_distributed(world) if torchrun else False
     out = Path(args.out) if args.out else None
+    if out is None and rank == 0:
+        print("no --out: the results will not be saved, only printed at the end; pass --out DIR to save them "
+              "(and to allow --resume)", file=sys.stderr)
     try:
         records = evaluate(
             sources, baselines=args.baselines, data=args.data, root=args.root, image_size=args.image_size,

@@ -809,7 +809,7 @@ def test_end_to_end_width_flag_with_preset(grey28, tmp_path):
 
 
 def test_image_folder_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
-    """A decoded image folder is cached; changing a file invalidates the cache entry."""
+    """A decoded image folder is cached; changing a file replaces the cache entry."""
     from PIL import Image
 
     from synthsets import data as data_mod
@@ -835,7 +835,10 @@ def test_image_folder_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
     Image.new("L", (28, 28), color=255).save(root / "train" / "a" / "0.png")  # change one image
     third = data_mod.load_real(root)
     assert not torch.equal(first.train.images, third.train.images)
-    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2
+    replaced = list((tmp_path / "cache").glob("*.safetensors"))  # the stale copy is gone
+    assert len(replaced) == 1 and replaced != files
+    resized = data_mod.load_real(root, image_size=32)  # other settings: their own copy, beside it
+    assert resized.image_size == 32 and len(list((tmp_path / "cache").glob("*.safetensors"))) == 2
     monkeypatch.setenv("SYNTHSETS_CACHE", "off")
     data_mod.load_real(root)
     assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2

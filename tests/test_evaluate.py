@@ -433,10 +433,45 @@ def test_resume_refuses_runs_made_with_other_settings(tmp_path, real, gen):
     again = evaluate([Source.from_spec(gen, label="gen")], resume=True, config=fast(epochs=2, test_interval=0), **kw)
     assert [r["final_loss"] for r in again] == [r["final_loss"] for r in first]
     assert {r["settings"]["device"] for r in again} == {"cuda:3"}
-    # without --resume the folder starts over
-    with pytest.warns(UserWarning, match="will be replaced"):
-        fresh = evaluate([Source.from_spec(gen, label="gen")], config=fast(epochs=3), **kw)
-    assert {r["epochs"] for r in fresh} == {3}
+    # without --resume a folder holding results is refused, not replaced
+    before = results.read_text()
+    with pytest.raises(FileExistsError) as caught:
+        evaluate([Source.from_spec(gen, label="gen")], config=fast(epochs=3), **kw)
+    assert str(caught.value) == (
+        f"{tmp_path} already holds results ({results}); pass --resume to continue them, or choose another --out"
+    )
+    assert results.read_text() == before
+
+
+def test_out_without_results_is_used_without_resume(tmp_path, real):
+    """Only a results file holding runs is refused: a folder with just a plot or table, or with
+    an empty results file (a shard that had no jobs), loses nothing when written into."""
+    kw = dict(baselines=["random-real"], real=real, inpc=[1], runs=1, config=fast(epochs=1), device="cpu",
+              model_kwargs=TINY, progress=False, out=tmp_path)
+    (tmp_path / "accuracy_vs_inpc.png").write_bytes(b"old plot")
+    (tmp_path / "results.md").write_text("old table\n")
+    assert len(evaluate(**kw)) == 1
+    assert evaluate(shard="1/2", **kw) == []  # writes an empty results.rank1.json
+    assert evaluate(shard="1/2", **kw) == []  # which is replaced without a word
+
+
+def test_cli_refuses_an_out_holding_results_without_resume(tmp_path, capsys, monkeypatch, real):
+    import synthsets.evaluate as evaluate_mod
+
+    monkeypatch.setattr(evaluate_mod, "load_real", lambda *a, **kw: real)
+    out = tmp_path / "ev"
+    args = ["--baselines", "random-real", "--data", "toy", "--inpc", "1", "--runs", "1", "--epochs", "1",
+            "--batch-size", "16", "--epoch-images", "exact", "--device", "cpu", "--no-progress", "--out", str(out)]
+    assert main(args) == 0
+    before = (out / "results.json").read_text()
+    capsys.readouterr()
+    assert main(args) == 2
+    assert _one_error_line(capsys.readouterr().err) == (
+        f"error: {out} already holds results ({out / 'results.json'}); pass --resume to continue them, "
+        "or choose another --out"
+    )
+    assert (out / "results.json").read_text() == before
+    assert main([*args, "--resume"]) == 0
 
 
 def test_cli_resume_with_other_settings_is_a_one_line_error(tmp_path, capsys, monkeypatch, real):
@@ -692,7 +727,8 @@ def test_cli_names_the_channel_mismatch_with_a_named_dataset(tmp_path, capsys):
     gen_dir = tmp_path / "colour"
     tiny_generator(channels=3, image_size=32, dataset="cifar10", mean=[0.5] * 3, std=[0.25] * 3).save_pretrained(gen_dir)
     # fails before reading any data: the (empty) root would otherwise give a not-found error
-    assert main(["--generator", str(gen_dir), "--data", "mnist", "--root", str(tmp_path), "--device", "cpu", "--no-progress"]) == 2
+    assert main(["--generator", str(gen_dir), "--data", "mnist", "--root", str(tmp_path), "--device", "cpu", "--no-progress",
+                 "--out", str(tmp_path / "ev")]) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert line == (
         "error: generator 'colour' makes 3-channel images but mnist has 1 channel; "
@@ -809,3 +845,93 @@ def test_python_api_takes_single_values_and_refuses_fractional_inpc(real, gen, m
     for bad in ([1.5], ["10"], [True], []):
         with pytest.raises(ValueError, match="inpc values must be positive ints"):
             evaluate_mod.evaluate([gen], real=real, inpc=bad, runs=1)
+
+
+# ----------------------------------------------------------------------------- user review: merge, --out, --update-card
+def _edit_runs(source, target, edit):
+    """Copy results file ``source`` to ``target`` with ``edit(record)`` applied to every run."""
+    payload = json.loads(source.read_text())
+    for record in payload["runs"]:
+        edit(record)
+    target.write_text(json.dumps(payload))
+    return target
+
+
+def _assert_merge_refused(paths, out, expected, capsys):
+    """merge() raises ValueError(expected); the merge command prints it as its one error line and exits 2."""
+    with pytest.raises(ValueError) as caught:
+        merge(paths, out)
+    assert str(caught.value) == expected
+    assert main(["merge", *map(str, paths), "--out", str(out)]) == 2
+    assert _one_error_line(capsys.readouterr().err) == f"error: {expected}"
+
+
+def test_merge_refuses_runs_made_with_other_settings(tmp_path, capsys, real, gen):
+    kw = dict(baselines=["random-real"], real=real, inpc=[1], runs=1, device="cpu", model_kwargs=TINY, progress=False)
+    one, two = tmp_path / "one", tmp_path / "two"
+    evaluate([Source.from_spec(gen, label="gen")], config=fast(epochs=1), out=one, **kw)
+    evaluate(config=fast(epochs=2), out=two, **kw)
+    expected = (
+        f"{two / 'results.json'} holds runs made with epochs=2; {one / 'results.json'} holds runs made with epochs=1: "
+        "results made with different settings cannot be merged into one table"
+    )
+    _assert_merge_refused([one, two], tmp_path / "m", expected, capsys)
+    assert not (tmp_path / "m").exists() and not (one / "results.md").exists()  # nothing written
+    # compared as --resume compares: the base seed too, but not the device
+    seeded = _edit_runs(one / "results.json", tmp_path / "seeded.json", lambda r: r.update(seed=r["seed"] + 5))
+    with pytest.raises(ValueError, match=r"seeded.json holds runs made with seed=5; .* holds runs made with seed=0"):
+        merge([one, seeded], tmp_path / "m")
+    elsewhere = _edit_runs(one / "results.json", tmp_path / "gpu.json",
+                           lambda r: r.update(run=1, seed=1, settings={**r["settings"], "device": "cuda:0"}))
+    assert len(merge([one, elsewhere], tmp_path / "m")) == 4
+    # generation_dtype is compared between generator runs only (a baseline generates nothing)
+    bf16 = _edit_runs(one / "results.json", tmp_path / "bf16.json", lambda r: r.update(
+        run=2, seed=2, settings={**r["settings"], "generation_dtype": "bfloat16"} if r["kind"] == "generator" else r["settings"]))
+    assert len(merge([bf16], tmp_path / "m")) == 2  # bf16 generator runs beside the baseline's, as evaluate writes them
+    with pytest.raises(ValueError, match=r"holds runs made with generation_dtype=float32; .*bf16.json holds runs made "
+                                         r"with generation_dtype=bfloat16"):
+        merge([bf16, one], tmp_path / "m")
+
+
+def test_merge_refuses_a_run_found_twice_with_different_results(tmp_path, capsys, real, gen):
+    one = tmp_path / "one"
+    evaluate([Source.from_spec(gen, label="gen")], real=real, inpc=[1], runs=1, config=fast(epochs=1), device="cpu",
+             model_kwargs=TINY, progress=False, out=one)
+    results = one / "results.json"
+    rerun = _edit_runs(results, tmp_path / "rerun.json", lambda r: r.update(final_acc=r["final_acc"] + 1))
+    expected = (
+        f"{results} and {rerun} both hold run 0 of gen / toy / INPC 1 / convnet3, with different results: "
+        "merge only one of them"
+    )
+    _assert_merge_refused([one, rerun], tmp_path / "m", expected, capsys)
+    assert not (tmp_path / "m").exists()
+    # the same record read twice is kept once, silently
+    assert merge([one, results], tmp_path / "m") == read_results([one])
+
+
+def test_cli_without_out_says_nothing_will_be_saved(tmp_path, capsys, monkeypatch):
+    import synthsets.evaluate as evaluate_mod
+
+    monkeypatch.setattr(evaluate_mod, "evaluate", lambda *a, **kw: [])
+    args = ["--baselines", "random-real", "--data", "toy", "--device", "cpu", "--no-progress"]
+    assert main(args) == 0
+    assert capsys.readouterr().err == (
+        "no --out: the results will not be saved, only printed at the end; pass --out DIR to save them "
+        "(and to allow --resume)\n"
+    )
+    assert main([*args, "--out", str(tmp_path / "ev")]) == 0
+    assert "no --out" not in capsys.readouterr().err
+
+
+def test_cli_update_card_refuses_a_bundled_generator(capsys, monkeypatch):
+    import synthsets.evaluate as evaluate_mod
+
+    calls = []
+    monkeypatch.setattr(evaluate_mod, "evaluate", lambda *a, **kw: calls.append(kw) or [])
+    assert main(["--generator", "mnist", "--update-card", "--device", "cpu", "--no-progress"]) == 2
+    assert _one_error_line(capsys.readouterr().err) == (
+        "error: --update-card writes the results into each generator folder's README.md, but 'mnist' is not a folder: "
+        "bundled generators (and Hub downloads) are read-only; save it to a folder first "
+        "(Generator.from_pretrained('mnist').save_pretrained(FOLDER)) and pass --generator FOLDER"
+    )
+    assert calls == []  # refused before any training
