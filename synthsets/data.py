@@ -220,6 +220,30 @@ def _image_folder(path: Path, size: int | None, channels: int | None):
     return folder
 
 
+def image_folder_format(folder: str | Path, per_class: int = 3) -> tuple[int, int] | None:
+    """``(channels, size)`` of an image folder's images as stored, from the headers of the
+    first few images of each class (of ``folder/train`` if present); ``None`` if ``folder``
+    is not an image folder. ``size`` is the most common width."""
+    path = Path(folder).expanduser()
+    path = path / "train" if (path / "train").is_dir() else path
+    if not path.is_dir():
+        return None
+    from PIL import Image
+
+    modes, widths = [], []
+    for class_dir in sorted(p for p in path.iterdir() if p.is_dir()):
+        for file in sorted(f for f in class_dir.iterdir() if f.is_file())[:per_class]:
+            try:
+                with Image.open(file) as image:
+                    modes.append(image.mode)
+                    widths.append(image.size[0])
+            except OSError:  # not an image: ImageFolder skips it too
+                continue
+    if not modes:
+        return None
+    return (1 if all(m in _GREY_MODES for m in modes) else 3), max(set(widths), key=widths.count)
+
+
 def _image_mode(path: str) -> str:
     from PIL import Image
 
@@ -275,7 +299,7 @@ def load_real(
     cached = _read_cache(cache_file) if cache_file is not None else None
     if cached is not None:
         classes, x_train, y_train, test = cached
-        return _assemble(path.name, str(path), classes, x_train, y_train, test)
+        return _assemble(path.name, str(path), classes, x_train, y_train, test, image_folder=True)
     train_set = _image_folder(train_dir, image_size, channels)
     classes = list(train_set.classes)
     x_train, y_train = _to_uint8_tensor(train_set, image_size, f"reading {train_dir}", progress)
@@ -289,7 +313,7 @@ def load_real(
         test = _to_uint8_tensor(test_set, image_size, f"reading {test_dir}", progress)
     if cache_file is not None:
         _write_cache(cache_file, classes, x_train, y_train, test)
-    return _assemble(path.name, str(path), classes, x_train, y_train, test)
+    return _assemble(path.name, str(path), classes, x_train, y_train, test, image_folder=True)
 
 
 # -- decoded image-folder cache ----------------------------------------------------------
@@ -409,7 +433,7 @@ def _load_torchvision(
     return _assemble(name, str(root), classes, x_train, y_train, test)
 
 
-def _assemble(name, source, classes, x_train, y_train, test) -> RealData:
+def _assemble(name, source, classes, x_train, y_train, test, image_folder: bool = False) -> RealData:
     height, size = x_train.shape[-2:]
     if height != size:
         raise ValueError(f"{source}: images are {size}x{height} (not square); pass image_size (--image-size) to resize")
@@ -430,4 +454,5 @@ def _assemble(name, source, classes, x_train, y_train, test) -> RealData:
         mean=mean,
         std=std,
         source=source,
+        extra={"image_folder": True} if image_folder else {},
     )

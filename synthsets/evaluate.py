@@ -67,7 +67,7 @@ from torch import Tensor, nn
 
 from .allocator import tune_cpu_allocator
 from .augment import DSA, cutmix
-from .data import RealData, RealSplit, canonical_name, load_real, torchvision_channels
+from .data import RealData, RealSplit, canonical_name, image_folder_format, load_real, torchvision_channels
 from .dataset import SyntheticDataset, _generation_dtype, _make_augment, _mix_seed, dtype_name, resolve_device
 from .generator import Generator
 from .hub import WeightsError, file_in_the_way, list_pretrained
@@ -551,6 +551,15 @@ def _check_compatible(source: Source, real: RealData) -> None:
     if problems:
         raise ValueError(f"generator {source.label!r} does not fit the real data {real.name!r}: " + "; ".join(problems))
     if list(config.classes) != list(real.classes):
+        stored = image_folder_format(real.source) if real.extra.get("image_folder") else None
+        if stored is not None and stored != (config.channels, config.image_size):
+            c, s = stored
+            raise ValueError(
+                f"generator {source.label!r} does not fit the image folder {real.source}: its class names "
+                f"{list(real.classes)[:3]}... differ from the generator's {list(config.classes)[:3]}... and its "
+                f"images are {c}x{s}x{s} where the generator makes {config.channels}x{config.image_size}x"
+                f"{config.image_size}; test it on the data it was trained on ({config.dataset!r})"
+            )
         warnings.warn(
             f"generator {source.label!r} class names {list(config.classes)[:4]}... differ from the real data's "
             f"{list(real.classes)[:4]}...; labels are matched by index",

@@ -935,3 +935,35 @@ def test_cli_update_card_refuses_a_bundled_generator(capsys, monkeypatch):
         "(Generator.from_pretrained('mnist').save_pretrained(FOLDER)) and pass --generator FOLDER"
     )
     assert calls == []  # refused before any training
+
+
+def _png_folder(root, classes, mode: str, size: int, per_class: int = 3):
+    """``root/{train,test}/<class>/<i>.png`` of random pixels."""
+    from PIL import Image
+
+    gen = torch.Generator().manual_seed(0)
+    shape = (size, size) if mode == "L" else (size, size, 3)
+    for split in ("train", "test"):
+        for name in classes:
+            (root / split / name).mkdir(parents=True)
+            for i in range(per_class):
+                pixels = torch.randint(0, 256, shape, generator=gen, dtype=torch.uint8).numpy()
+                Image.fromarray(pixels, mode).save(root / split / name / f"{i}.png")
+    return root
+
+
+def test_an_image_folder_of_other_data_is_refused(tmp_path, monkeypatch):
+    """Other class names and other stored images (RGB 32 px for a grey 28 px generator):
+    refused, where converting them would have trained on the wrong data. Other names
+    alone (the same kind of images) still only warn: names are matched by index."""
+    monkeypatch.setenv("SYNTHSETS_CACHE", "off")
+    generator = tiny_generator()  # 1x28x28, classes a-d
+    colour = _png_folder(tmp_path / "colour", ["cat", "dog", "ship", "car"], "RGB", 32)
+    with pytest.raises(ValueError, match=rf"does not fit the image folder {colour}: its class names \['car', 'cat', 'dog'\]\.\.\. "
+                                         r"differ from the generator's \['a', 'b', 'c'\]\.\.\. and its images are 3x32x32 "
+                                         r"where the generator makes 1x28x28; test it on the data it was trained on \('toy'\)"):
+        evaluate([generator], data=str(colour), image_size=28, inpc=[1], runs=1, epochs=1, progress=False)
+    grey = _png_folder(tmp_path / "grey", ["w", "x", "y", "z"], "L", 28)
+    with pytest.warns(UserWarning) as warned:
+        evaluate([generator], data=str(grey), inpc=[1], runs=1, epochs=1, progress=False)
+    assert any("labels are matched by index" in str(w.message) for w in warned)
