@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -207,12 +208,26 @@ RESUME_MAY_CHANGE = frozenset({
     "data", "root", "image_size", "download", "out", "stage2_epochs", "stage1_minutes", "stage2_minutes",
     "samples_per_class", "push_to_hub", "preset", "progress", "device", "cuda_graphs",
 })
+#: settings that only stage 2 uses: they may change too while stage 2 has not begun
+STAGE2_SETTINGS = frozenset({
+    "stage2_lr", "match_weight", "pool", "pool_width", "inner_steps", "inner_lr", "inner_momentum",
+    "inner_weight_decay", "siamese", "stage2_steps_per_epoch",
+})
 
 
 def _dataset_identity(real: RealData) -> dict[str, Any]:
-    """What a checkpoint records of its training data, to recognise them on resume."""
+    """What a checkpoint records of its training data, to recognise them on resume (also
+    when read from another folder): classes, image shape, size and a fingerprint of a
+    sample of the images; the name is for messages only."""
+    images = real.train.images
+    sample = images[:: max(1, len(images) // 64)][:64].contiguous()
     return {"name": real.name, "classes": list(real.classes), "channels": real.channels,
-            "image_size": real.image_size, "train_images": len(real.train.labels)}
+            "image_size": real.image_size, "train_images": len(real.train.labels),
+            "fingerprint": hashlib.sha1(sample.numpy().tobytes()).hexdigest()[:16]}
+
+
+def _same_data(saved: dict[str, Any], now: dict[str, Any]) -> bool:
+    return {k: v for k, v in saved.items() if k != "name"} == {k: v for k, v in now.items() if k != "name"}
 
 
 def _describe_dataset(identity: dict[str, Any]) -> str:
@@ -684,19 +699,17 @@ class Distiller:
         (only those in ``RESUME_MAY_CHANGE`` may differ), naming each difference."""
         saved = meta.get("config", {}) if isinstance(meta.get("config"), dict) else {}
         now = self.cfg.to_json()
-        known_data = isinstance(meta.get("dataset"), dict)  # checkpoints of older versions lack it
-        may_change = RESUME_MAY_CHANGE if known_data else RESUME_MAY_CHANGE - {"data", "image_size"}
+        epoch = meta.get("epoch") if _is_real(meta.get("epoch")) else None
+        in_stage1 = epoch is not None and epoch <= min(saved.get("stage1_epochs", 0), self.cfg.stage1_epochs)
+        may_change = RESUME_MAY_CHANGE | (STAGE2_SETTINGS | {"stage1_epochs"} if in_stage1 else set())
         changed = {
             k: (saved[k], now[k])
             for k in now
             if k in saved and k not in may_change and not k.startswith("_") and saved[k] != now[k]
         }
-        # the stage boundary may move only if the checkpoint is still inside stage 1
-        if "stage1_epochs" in changed and _is_real(meta.get("epoch")) and meta["epoch"] <= min(changed["stage1_epochs"]):
-            changed.pop("stage1_epochs")
         fields, parts = [], []
         identity = _dataset_identity(self.real)
-        if known_data and meta["dataset"] != identity:
+        if isinstance(meta.get("dataset"), dict) and not _same_data(meta["dataset"], identity):
             fields.append("data")
             parts.append("{}: " + _escape(f"{_describe_dataset(meta['dataset'])} in the checkpoint, "
                                           f"{_describe_dataset(identity)} now"))
@@ -704,10 +717,12 @@ class Distiller:
             fields.append(name)
             parts.append("{}: " + _escape(f"{before!r} in the checkpoint, {after!r} now"))
         if fields:
+            preset = saved.get("preset")
+            made_with = f", --preset {preset}" if preset and preset != now.get("preset") else ""
             raise ConfigError(fields, _escape(f"cannot resume {self.checkpoint_path}: this run differs from it (")
                               + "; ".join(parts)
                               + _escape(f"); resume with the settings it was made with ({self.out / 'distill_config.json'} "
-                                        "lists them), or choose another --out"))
+                                        f"lists them{made_with}), or choose another --out"))
 
     def load_checkpoint(self) -> None:
         parts, meta = load_checkpoint(self.checkpoint_path)

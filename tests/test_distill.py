@@ -592,17 +592,31 @@ def test_resume_with_other_data_of_the_same_shape_or_settings_is_refused(grey28,
 
 
 def test_resume_may_change_the_schedule_and_reporting(grey28, tmp_path):
-    """Longer training, another sample grid and a moved data folder (same name and images)
-    are fine; the recorded settings follow the session."""
+    """Longer training, another sample grid, stage-2 settings before stage 2 began, and the
+    same images in a renamed folder are fine; the recorded settings follow the session."""
     out = tmp_path / "run"
     assert run_cli(grey28, out, "--stage2-epochs", "0") == 0
-    grey28_copy = tmp_path / "moved" / grey28.name  # the same images, read from elsewhere
+    grey28_copy = tmp_path / "moved" / "renamed"  # the same images, read from elsewhere
     shutil.copytree(grey28, grey28_copy)
-    assert run_cli(grey28_copy, out, "--stage2-epochs", "1", "--samples-per-class", "2", "--resume") == 0
+    assert run_cli(grey28_copy, out, "--stage2-epochs", "1", "--samples-per-class", "2", "--match-weight", "0.1",
+                   "--inner-steps", "3", "--resume") == 0
     assert [r["epoch"] for r in read_log(out)] == [1, 2]
     recorded = json.loads((out / "distill_config.json").read_text())
-    assert recorded["stage2_epochs"] == 1 and recorded["samples_per_class"] == 2
+    assert recorded["stage2_epochs"] == 1 and recorded["samples_per_class"] == 2 and recorded["match_weight"] == 0.1
     assert recorded["data"] == str(grey28_copy)
+    # stage 2 has begun: its settings are fixed now
+    assert run_cli(grey28, out, "--stage2-epochs", "2", "--match-weight", "0.2", "--inner-steps", "3", "--resume") == 2
+
+
+def test_resume_names_the_preset_a_run_was_made_with(grey28, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli(grey28, out, "--stage2-epochs", "0") == 0  # --preset tiny
+    capsys.readouterr()
+    assert main(["--data", str(grey28), "--out", str(out), "--device", "cpu", "--no-progress", "--stage2-epochs", "0",
+                 "--resume"]) == 2
+    err = capsys.readouterr().err.split("\r")[-1]
+    assert "--width: 16 in the checkpoint, 196 now" in err
+    assert f"({out / 'distill_config.json'} lists them, --preset tiny), or choose another --out" in err
 
 
 def test_stage_time_limits(grey28, tmp_path, monkeypatch):
