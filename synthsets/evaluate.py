@@ -520,7 +520,8 @@ class Source:
                 label, text = head, tail
         generator = Generator.from_pretrained(text)
         path = Path(text).expanduser()
-        folder = path if path.is_dir() else None
+        # a folder that holds the generator (a same-named data folder is not it: the bundled one was loaded)
+        folder = path if (path / "config.json").is_file() and (path / "model.safetensors").is_file() else None
         if label is None:
             label = path.resolve().name if folder is not None else text
         return cls(
@@ -552,7 +553,8 @@ def _check_compatible(source: Source, real: RealData) -> None:
         raise ValueError(f"generator {source.label!r} does not fit the real data {real.name!r}: " + "; ".join(problems))
     if list(config.classes) != list(real.classes):
         stored = image_folder_format(real.source) if real.extra.get("image_folder") else None
-        if stored is not None and stored != (config.channels, config.image_size):
+        # other names and another kind of image altogether (not, say, grey digits saved as RGB)
+        if stored is not None and stored[0] != config.channels and stored[1] != config.image_size:
             c, s = stored
             raise ValueError(
                 f"generator {source.label!r} does not fit the image folder {real.source}: its class names "
@@ -772,6 +774,14 @@ def parse_shard(text: str | tuple[int, int] | None) -> tuple[int, int]:
 
 def _job_key(record: dict[str, Any]) -> tuple:
     return (record["dataset"], record["source"], int(record["inpc"]), record["model"], int(record["run"]))
+
+
+#: what a run measured (a copy that differs only in timing, device or paths is the same run)
+OUTCOME_FIELDS = ("final_acc", "best_acc", "best_epoch", "history", "final_loss", "epochs", "steps", "images_seen")
+
+
+def _outcome(record: dict[str, Any]) -> tuple:
+    return tuple(json.dumps(record.get(k)) for k in OUTCOME_FIELDS)
 
 
 def _results_path(out: Path, shard: tuple[int, int]) -> Path:
@@ -1210,7 +1220,7 @@ def merge(paths: Sequence[str | Path], out: str | Path | None = None) -> list[di
                 )
         firsts.setdefault(record.get("kind") == "generator", (file, record))
         key = _job_key(record)
-        if key in merged and merged[key][1] != record:
+        if key in merged and _outcome(merged[key][1]) != _outcome(record):
             raise ValueError(
                 f"{merged[key][0]} and {file} both hold run {record['run']} of {record['source']} / {record['dataset']} / "
                 f"INPC {record['inpc']} / {record['model']}, with different results: merge only one of them"

@@ -905,8 +905,12 @@ def test_merge_refuses_a_run_found_twice_with_different_results(tmp_path, capsys
     )
     _assert_merge_refused([one, rerun], tmp_path / "m", expected, capsys)
     assert not (tmp_path / "m").exists()
-    # the same record read twice is kept once, silently
+    # the same record read twice is kept once, silently; so is a copy that differs only in
+    # timing, device or paths (the same run, e.g. a stale rank file)
     assert merge([one, results], tmp_path / "m") == read_results([one])
+    moved = _edit_runs(results, tmp_path / "moved.json",
+                       lambda r: r.update(seconds=r["seconds"] + 5, spec="elsewhere", settings={**r["settings"], "device": "cuda:0"}))
+    assert merge([one, moved], tmp_path / "m2") == read_results([one])
 
 
 def test_cli_without_out_says_nothing_will_be_saved(tmp_path, capsys, monkeypatch):
@@ -923,11 +927,13 @@ def test_cli_without_out_says_nothing_will_be_saved(tmp_path, capsys, monkeypatc
     assert "no --out" not in capsys.readouterr().err
 
 
-def test_cli_update_card_refuses_a_bundled_generator(capsys, monkeypatch):
+def test_cli_update_card_refuses_a_bundled_generator(capsys, monkeypatch, tmp_path):
     import synthsets.evaluate as evaluate_mod
 
     calls = []
     monkeypatch.setattr(evaluate_mod, "evaluate", lambda *a, **kw: calls.append(kw) or [])
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mnist" / "raw").mkdir(parents=True)  # a data folder named like the bundled generator
     assert main(["--generator", "mnist", "--update-card", "--device", "cpu", "--no-progress"]) == 2
     assert _one_error_line(capsys.readouterr().err) == (
         "error: --update-card writes the results into each generator folder's README.md, but 'mnist' is not a folder: "
@@ -953,9 +959,10 @@ def _png_folder(root, classes, mode: str, size: int, per_class: int = 3):
 
 
 def test_an_image_folder_of_other_data_is_refused(tmp_path, monkeypatch):
-    """Other class names and other stored images (RGB 32 px for a grey 28 px generator):
-    refused, where converting them would have trained on the wrong data. Other names
-    alone (the same kind of images) still only warn: names are matched by index."""
+    """Other class names and another kind of stored image (RGB 32 px for a grey 28 px
+    generator): refused, where converting them would have trained on the wrong data. Other
+    names with images of the generator's size or channels still only warn: names are
+    matched by index."""
     monkeypatch.setenv("SYNTHSETS_CACHE", "off")
     generator = tiny_generator()  # 1x28x28, classes a-d
     colour = _png_folder(tmp_path / "colour", ["cat", "dog", "ship", "car"], "RGB", 32)
@@ -964,6 +971,10 @@ def test_an_image_folder_of_other_data_is_refused(tmp_path, monkeypatch):
                                          r"where the generator makes 1x28x28; test it on the data it was trained on \('toy'\)"):
         evaluate([generator], data=str(colour), image_size=28, inpc=[1], runs=1, epochs=1, progress=False)
     grey = _png_folder(tmp_path / "grey", ["w", "x", "y", "z"], "L", 28)
+    digits_as_rgb = _png_folder(tmp_path / "rgb28", ["w", "x", "y", "z"], "RGB", 28)  # e.g. digits saved as RGB JPEGs
+    with pytest.warns(UserWarning) as warned:
+        evaluate([generator], data=str(digits_as_rgb), inpc=[1], runs=1, epochs=1, progress=False)
+    assert any("labels are matched by index" in str(w.message) for w in warned)
     with pytest.warns(UserWarning) as warned:
         evaluate([generator], data=str(grey), inpc=[1], runs=1, epochs=1, progress=False)
     assert any("labels are matched by index" in str(w.message) for w in warned)
