@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .models import _capturing_graph
+from .models import _capturing_graph, _transformed
 
 STRIDES = (1, 2, 1, 2, 1, 1, 1, 2)
 
@@ -128,13 +128,14 @@ class PenaltyConv2d(nn.Conv2d):
     """``nn.Conv2d`` (same parameters) with a faster second derivative, for gradient
     penalties: see :class:`_ConvGradients`. Same results up to float rounding. It applies
     when autograd records the call, for ``groups=1``, no dilation and zero padding given
-    as numbers, outside autocast; otherwise, and while the model is traced, compiled or
-    exported, it is ``nn.Conv2d`` itself."""
+    as numbers, outside autocast; otherwise, and while the model is traced, compiled,
+    exported or transformed (``torch.func``, forward-mode AD), it is ``nn.Conv2d`` itself."""
 
     def forward(self, x: Tensor) -> Tensor:
         if (
             torch.is_grad_enabled()
             and not _capturing_graph()
+            and not _transformed()
             and (x.requires_grad or self.weight.requires_grad)
             and self.groups == 1
             and self.padding_mode == "zeros"
@@ -269,8 +270,8 @@ class SampleLayerNorm(nn.LayerNorm):
     * its second derivative (a gradient penalty's) takes about half the passes over
       memory of torch's generic one (see :func:`_layer_norm_second_order`). That path
       applies to float32/float64 under autograd, outside autocast, when the norm covers
-      all of a sample; otherwise, and while the model is traced, compiled or exported,
-      it is torch's own layer norm.
+      all of a sample; otherwise, and while the model is traced, compiled, exported or
+      transformed (``torch.func``, forward-mode AD), it is torch's own layer norm.
     """
 
     layout_agnostic = True  # synthsets.preferred_memory_format may pick channels_last
@@ -297,6 +298,7 @@ class SampleLayerNorm(nn.LayerNorm):
         return (
             torch.is_grad_enabled()
             and not _capturing_graph()
+            and not _transformed()
             and (x.requires_grad or any(p is not None and p.requires_grad for p in (self.weight, self.bias)))
             and x.dtype in (torch.float32, torch.float64)
             and tuple(x.shape[1:]) == shape  # all of a sample (a wrong shape gets torch's error)

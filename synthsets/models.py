@@ -107,11 +107,21 @@ def _capturing_graph() -> bool:
     return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
 
 
+def _transformed() -> bool:
+    """Whether a ``torch.func`` transform (vmap, grad, jacrev...) or forward-mode AD is
+    active: custom autograd functions without ``setup_context``/``jvp`` cannot run there."""
+    from torch.autograd import forward_ad
+
+    active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
+    return bool(active()) or getattr(forward_ad, "_current_level", -1) >= 0
+
+
 class AvgPool2x2(nn.AvgPool2d):
     """``nn.AvgPool2d(2, 2)``, faster on CPU for NCHW activations (see
     :class:`_AvgPool2x2Cpu`). On other devices, in channels_last (where torch's own CPU
     kernel is fast), for small or odd-sized inputs, and while the model is traced,
-    compiled or exported, it is ``nn.AvgPool2d`` itself."""
+    compiled, exported or transformed (``torch.func``, forward-mode AD), it is
+    ``nn.AvgPool2d`` itself."""
 
     MIN_ELEMENTS = 1 << 15  # below this, one kernel call beats the few small operations
 
@@ -122,6 +132,7 @@ class AvgPool2x2(nn.AvgPool2d):
         if (
             not _capturing_graph()  # first: no shape guards for a graph that will not use this path
             and x.device.type == "cpu"
+            and not _transformed()
             and x.dim() == 4
             and x.shape[2] % 2 == 0
             and x.shape[3] % 2 == 0

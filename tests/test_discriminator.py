@@ -287,3 +287,32 @@ def test_discriminator_penalty_equals_stock_convolutions(channels, size, device,
         results.append([gp.detach()] + [p.grad for p in model.parameters()])
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")  # inside torch's jvp
+def test_custom_layers_work_under_torch_func_and_forward_ad():
+    """vmap, func.grad/jacrev and forward-mode AD see torch's own layers (the custom
+    autograd functions have no vmap/jvp rules), with the same results."""
+    from torch.autograd import forward_ad
+
+    from synthsets.models import AvgPool2x2
+
+    torch.manual_seed(0)
+    norm = SampleLayerNorm([2, 4, 4]).double()
+    conv = PenaltyConv2d(2, 3, 3, 1, 1).double()
+    pool = AvgPool2x2()
+    x = torch.randn(5, 2, 4, 4, dtype=torch.double)
+    big = torch.randn(2, 8, 64, 64, dtype=torch.double)  # large enough for AvgPool2x2's own CPU path
+    for layer, inputs in ((norm, x), (conv, x), (pool, big)):
+        expected = layer(inputs)
+        torch.testing.assert_close(torch.func.vmap(layer)(inputs.unsqueeze(1)).squeeze(1), expected)
+        jac = torch.func.jacrev(lambda t: layer(t).sum())(inputs)
+        (grad,) = torch.autograd.grad(layer(inputs.requires_grad_()).sum(), inputs)
+        inputs.requires_grad_(False)
+        torch.testing.assert_close(jac, grad)
+        tangent = torch.randn_like(inputs)
+        with forward_ad.dual_level():
+            out = layer(forward_ad.make_dual(inputs, tangent))
+            jvp = forward_ad.unpack_dual(out).tangent
+        _, reference = torch.func.jvp(layer, (inputs,), (tangent,))
+        torch.testing.assert_close(jvp, reference)
