@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -272,6 +273,32 @@ def _did_you_mean(text: str) -> str:
     return f" (did you mean {names[close[0]]!r}?)" if close else ""
 
 
+def _may_be_a_typo(text: str, repo_id: str, cache_dir, revision: str | None, local_files_only: bool) -> bool:
+    """Whether a name close to a bundled one is worth a warning before its Hub lookup: not
+    offline, not a dataset name of its own (``cifar100``), not downloaded already."""
+    from huggingface_hub import try_to_load_from_cache
+
+    from .data import TORCHVISION_DATASETS, canonical_name
+
+    if local_files_only or hub_offline() or canonical_name(text.rpartition("/")[2]) in TORCHVISION_DATASETS:
+        return False
+    try:
+        cached = try_to_load_from_cache(repo_id, "config.json", cache_dir=cache_dir, revision=revision)
+    except ValueError:  # an id the cache cannot hold
+        return True
+    return not isinstance(cached, str)
+
+
+def _caller_stacklevel() -> int:
+    """``warnings.warn``'s stacklevel, from the calling function, of the first frame
+    outside synthsets (so a warning points at the user's line)."""
+    package = __name__.partition(".")[0]
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] == package:
+        level, frame = level + 1, frame.f_back
+    return level
+
+
 def resolve(
     name_or_path: str | Path,
     filenames: Iterable[str] = ("config.json", "model.safetensors"),
@@ -317,9 +344,10 @@ def resolve(
         shown = f"{text} ({path})" if text.startswith("~") else text
         raise PretrainedNotFoundError(f"no such folder: {shown}")
     suggestion = _did_you_mean(text)
-    if suggestion and not local_files_only and not hub_offline():  # say it now: a lookup may retry for a while
+    if suggestion and _may_be_a_typo(text, repo_id, cache_dir, revision, local_files_only):
+        # say it now: without network the lookup below retries for a while before failing
         warnings.warn(f"{text!r} is not a bundled generator{suggestion}; looking for the Hub repo {repo_id!r}",
-                      stacklevel=3)
+                      stacklevel=_caller_stacklevel())
     try:
         if not _is_valid_repo_id(repo_id):
             raise _HubRepoUnavailable(f"{repo_id!r} is not a valid Hub repo id")

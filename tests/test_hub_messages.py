@@ -80,6 +80,20 @@ def test_typo_warns_before_a_hub_lookup_that_may_retry(bundled_mnist, hub_endpoi
     ]
 
 
+def test_no_typo_warning_for_dataset_names_or_downloaded_repos(bundled_mnist, hub_endpoint, make_generator, recwarn):
+    """cifar100 (close to cifar10) is a dataset of its own; a repo loaded once is in the
+    cache: neither warns."""
+    make_generator(seed=3).push_to_hub("synthsets/dim-cifar100")
+    make_generator(seed=4).push_to_hub("synthsets/dim-mnsit")
+    synthsets.DiM("cifar100", inpc=1, device="cpu")
+    assert not [w for w in recwarn if "bundled generator" in str(w.message)]
+    with pytest.warns(UserWarning, match="did you mean 'mnist'"):
+        synthsets.DiM("mnsit", inpc=1, device="cpu")
+    recwarn.clear()
+    synthsets.DiM("mnsit", inpc=1, device="cpu")  # cached now
+    assert not [w for w in recwarn if "bundled generator" in str(w.message)]
+
+
 def test_typo_of_a_bundled_name_in_a_synthsets_repo_id(bundled_mnist):
     message = _message(Generator.from_pretrained, "synthsets/dim-mnsit")
     assert "did you mean 'mnist'?" in message
@@ -95,8 +109,9 @@ def test_a_typo_name_published_on_the_hub_still_loads(bundled_mnist, hub_endpoin
     generator = make_generator(seed=9)
     generator.push_to_hub("synthsets/dim-mnsit")
     with pytest.warns(UserWarning, match=r"'mnsit' is not a bundled generator \(did you mean 'mnist'\?\); "
-                                         r"looking for the Hub repo 'synthsets/dim-mnsit'"):
+                                         r"looking for the Hub repo 'synthsets/dim-mnsit'") as warned:
         loaded = synthsets.DiM("mnsit", inpc=1, device="cpu").generator
+    assert [w.filename for w in warned] == [__file__]  # the user's line, not the library's
     for key, value in generator.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
 
