@@ -87,8 +87,9 @@ class NaiveDistiller:
         cfg = self.cfg
         stage = 1 if epoch < cfg.stage1_epochs else 2
         if epoch == cfg.stage1_epochs:
-            for group in self.opt_g.param_groups:
-                group["lr"] = cfg.stage2_lr
+            for opt in (self.opt_g, self.opt_d):
+                for group in opt.param_groups:
+                    group["lr"] = cfg.stage2_lr
         torch.manual_seed(_mix_seed(cfg.seed, epoch, 0))
         matcher = opt_m = None
         if stage == 2:
@@ -168,8 +169,7 @@ class NaiveDistiller:
                 loss.backward()
                 opt_m.step()
             stats["pool_ce"] = loss.item()
-            matcher.eval()
-            for p in matcher.parameters():
+            for p in matcher.parameters():  # matching in training mode, as the reference
                 p.requires_grad = False
 
         # generator

@@ -312,7 +312,8 @@ def _out_size(size: int, stride: int) -> int:
 
 
 class Discriminator(nn.Module):
-    """Eight Conv(k3) + LayerNorm(C,H,W) + LeakyReLU layers (strides 1,2,1,2,1,1,1,2),
+    """Eight Conv(k3) + LayerNorm(C,H,W) + LeakyReLU (torch's default slope 0.01, as the
+    reference code) layers (strides 1,2,1,2,1,1,1,2),
     MaxPool(4), then a realness head (1) and a class head (``num_classes``)."""
 
     def __init__(self, num_classes: int, channels: int = 3, image_size: int = 32, width: int = 196) -> None:
@@ -321,7 +322,7 @@ class Discriminator(nn.Module):
         size, in_ch = image_size, channels
         for stride in STRIDES:
             size = _out_size(size, stride)
-            layers += [PenaltyConv2d(in_ch, width, 3, stride, 1), SampleLayerNorm([width, size, size]), nn.LeakyReLU(0.2)]
+            layers += [PenaltyConv2d(in_ch, width, 3, stride, 1), SampleLayerNorm([width, size, size]), nn.LeakyReLU()]
             in_ch = width
         if size != 4:
             raise ValueError(f"image_size {image_size} gives {size}x{size} features; use 28 or 32")

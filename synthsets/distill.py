@@ -593,7 +593,8 @@ class Distiller:
             _average_grads(model, self.world)  # keep the pool model identical on every rank
             optimizer.step()
         _average_buffers(model, self.world)
-        model.eval()
+        # matching runs in training mode, as in the reference: a BatchNorm pool model
+        # normalises the real and the generated batch each with its own statistics
         model.requires_grad_(False)
         return loss.detach()
 
@@ -614,8 +615,9 @@ class Distiller:
         """Run epoch ``epoch`` (0-based over both stages); deterministic given the state."""
         cfg = self.cfg
         stage = 1 if epoch < cfg.stage1_epochs else 2
-        for group in self.opt_g.param_groups:  # stage 2 uses the paper's smaller learning rate
-            group["lr"] = cfg.lr if stage == 1 else cfg.stage2_lr
+        for opt in (self.opt_g, self.opt_d):  # stage 2: the reference's smaller rate, for both
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr if stage == 1 else cfg.stage2_lr
         torch.manual_seed(_mix_seed(cfg.seed, epoch, self.rank))
         matcher = opt_m = None
         pool_name = None
@@ -958,7 +960,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--batch-size", type=int, default=d.batch_size,
       help="real and generated images per step, and per step of the pool model (default: %(default)s)")
     a("--lr", type=float, default=d.lr, help="Adam learning rate of G and D (stage 1)")
-    a("--stage2-lr", type=float, default=d.stage2_lr, help="generator learning rate in stage 2 (reference: 5e-6)")
+    a("--stage2-lr", type=float, default=d.stage2_lr, help="learning rate of the generator and the discriminator in stage 2 (reference: 5e-6)")
     a("--match-weight", "--lambda", dest="match_weight", type=float, default=d.match_weight,
       help="weight lambda of the logits-matching loss L_m in the stage-2 generator loss; 0 leaves the GAN loss alone "
       "(default: %(default)s)")

@@ -316,3 +316,15 @@ def test_custom_layers_work_under_torch_func_and_forward_ad():
             jvp = forward_ad.unpack_dual(out).tangent
         _, reference = torch.func.jvp(layer, (inputs,), (tangent,))
         torch.testing.assert_close(jvp, reference)
+
+
+def test_discriminator_matches_the_reference_layout():
+    """Conv + LayerNorm(C,H,W) + LeakyReLU(0.01) x 8 with strides 1,2,1,2,1,1,1,2, MaxPool(4), two heads."""
+    D = Discriminator(10, 3, 32, width=8)
+    convs = [m for m in D.features if isinstance(m, nn.Conv2d)]
+    assert [c.stride[0] for c in convs] == [1, 2, 1, 2, 1, 1, 1, 2]
+    slopes = [m.negative_slope for m in D.features if isinstance(m, nn.LeakyReLU)]
+    assert slopes == [0.01] * 8
+    assert [tuple(m.normalized_shape) for m in D.features if isinstance(m, nn.LayerNorm)][:2] == [(8, 32, 32), (8, 16, 16)]
+    score, logits = D(torch.randn(2, 3, 32, 32))
+    assert score.shape == (2,) and logits.shape == (2, 10)

@@ -271,7 +271,8 @@ def trained_pool_model(d: Distiller) -> torch.nn.Module:
     model, opt, name = d._new_pool_model(d.cfg.stage1_epochs)
     assert name == "convnet3"
     d._train_pool_model(model, opt, 2)
-    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    # matching runs in training mode (as the reference), with the weights frozen
+    assert model.training and not any(p.requires_grad for p in model.parameters())
     return model
 
 
@@ -1066,3 +1067,27 @@ def test_failed_upload_says_the_folder_is_complete(grey28, tmp_path, capsys, hub
     assert err.startswith(f"error: the generator is complete in {out}, but uploading it to me/dim-grey failed (")
     assert err.endswith(f"upload it later with: hf upload me/dim-grey {out} . --exclude 'checkpoints/*'")
     assert synthsets.Generator.from_pretrained(out).config.num_classes == 3  # the folder is usable
+
+
+def test_stage2_learning_rate_applies_to_both_optimisers(trainer):
+    """The reference sets the generator's and the discriminator's Adam to the stage-2 rate."""
+    trainer.run_epoch(0)
+    assert {g["lr"] for opt in (trainer.opt_g, trainer.opt_d) for g in opt.param_groups} == {trainer.cfg.lr}
+    trainer.run_epoch(trainer.cfg.stage1_epochs)
+    assert {g["lr"] for opt in (trainer.opt_g, trainer.opt_d) for g in opt.param_groups} == {trainer.cfg.stage2_lr}
+
+
+def test_matching_sees_batch_statistics(trainer, monkeypatch):
+    """A BatchNorm pool model matches in training mode: each batch is normalised with its
+    own statistics, as in the reference."""
+    seen = []
+    original = Distiller.matching_loss
+
+    def spy(self, model, real, fake):
+        seen.append(model.training)
+        return original(self, model, real, fake)
+
+    monkeypatch.setattr(Distiller, "matching_loss", spy)
+    trainer.cfg.pool = ["resnet10"]
+    record = trainer.run_epoch(trainer.cfg.stage1_epochs)
+    assert record["pool_model"] == "resnet10" and seen and all(seen)
