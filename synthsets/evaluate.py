@@ -109,7 +109,9 @@ BatchFn = Callable[[int], Iterable[tuple[Tensor, Tensor]]]
 # ----------------------------------------------------------------------------- settings
 @dataclass
 class ProtocolConfig:
-    """Training and testing settings of the evaluation protocol (defaults: the paper's).
+    """Training and testing settings of the evaluation protocol (defaults: the paper's, and
+    ``schedule="step"``, lr x0.1 at half the epochs, as the dataset-condensation evaluation
+    code; DiM's reference code keeps the lr constant, ``schedule="none"``).
 
     ``augment`` is a DSA strategy string (``"color_crop"``; ``"dsa"`` means the same,
     ``"none"`` disables it) or a callable on image batches. ``test_interval`` ``None`` or
@@ -1320,7 +1322,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--momentum", type=float, default=d.momentum, help=f"SGD momentum (default {d.momentum}, the paper's)")
     a("--weight-decay", type=float, default=d.weight_decay, help=f"SGD weight decay (default {d.weight_decay}, the paper's)")
     a("--batch-size", type=int, default=d.batch_size, help=f"training batch size (default {d.batch_size}, the paper's)")
-    a("--schedule", choices=SCHEDULES, default=d.schedule, help="step: lr x0.1 at half the epochs (default)")
+    a("--schedule", choices=SCHEDULES, default=d.schedule, help="step: lr x0.1 at half the epochs (default, as the dataset-condensation evaluation code); "
+      "none: constant, as DiM's reference code; cosine")
     a("--augment", default=d.augment, help="DSA strategy applied per sample (default color_crop; none disables)")
     a("--cutmix", dest="cutmix", action="store_true", default=d.cutmix,
       help="CutMix after DSA, as in the paper (the default: this flag is kept for compatibility; --no-cutmix turns it off)")
