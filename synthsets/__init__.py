@@ -43,7 +43,7 @@ __all__ = [
 
 
 def DiM(
-    name_or_path: str | Path,
+    name_or_repo: str | Path,
     inpc: int = 10,
     *,
     revision: str | None = None,
@@ -55,7 +55,7 @@ def DiM(
 ) -> SyntheticDataset:
     """A :class:`SyntheticDataset` over a pretrained DiM generator.
 
-    ``name_or_path`` is a bundled short name (see :func:`list_pretrained`), a local folder
+    ``name_or_repo`` is a bundled short name (see :func:`list_pretrained`), a local folder
     saved by ``Generator.save_pretrained`` / ``synthsets.distill``, or a Hub repo id.
     ``revision``, ``cache_dir``, ``local_files_only``, ``token`` and ``force_download``
     are passed to ``huggingface_hub`` for Hub repos. Extra keyword arguments go to
@@ -64,7 +64,7 @@ def DiM(
     if isinstance(inpc, bool) or not isinstance(inpc, int) or inpc <= 0:
         raise ValueError(f"inpc (images per class) must be a positive int, got {inpc!r}")
     generator = Generator.from_pretrained(
-        name_or_path,
+        name_or_repo,
         revision=revision,
         cache_dir=cache_dir,
         local_files_only=local_files_only,

@@ -90,3 +90,14 @@ def test_mnist_generator_images_are_learnable(single_thread):
     with torch.no_grad():
         accuracy = (model(xt).argmax(1) == yt).float().mean().item()
     assert accuracy >= 0.8, f"held-out generated MNIST accuracy {accuracy:.2%} (chance 10%)"
+
+
+def test_dim_takes_the_documented_argument_name():
+    """``synthsets.DiM(name_or_repo, inpc=...)`` as the design documents it."""
+    import inspect
+
+    import synthsets
+
+    assert list(inspect.signature(synthsets.DiM).parameters)[:2] == ["name_or_repo", "inpc"]
+    ds = synthsets.DiM(name_or_repo="mnist", inpc=1, device="cpu")
+    assert len(ds) == ds.num_classes
