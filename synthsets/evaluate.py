@@ -523,7 +523,7 @@ class Source:
         generator = Generator.from_pretrained(text)
         path = Path(text).expanduser()
         # a folder that holds the generator (a same-named data folder is not it: the bundled one was loaded)
-        folder = path if (path / "config.json").is_file() and (path / "model.safetensors").is_file() else None
+        folder = path if _is_generator_folder(path) else None
         if label is None:
             label = path.resolve().name if folder is not None else text
         return cls(
@@ -537,6 +537,11 @@ class Source:
         if key not in BASELINES:
             raise ValueError(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
         return cls(label=key, kind=key, dataset=dataset)
+
+
+def _is_generator_folder(path: Path) -> bool:
+    """Whether ``path`` is a saved generator (its model card may be updated)."""
+    return (path / "config.json").is_file() and (path / "model.safetensors").is_file()
 
 
 def _check_compatible(source: Source, real: RealData) -> None:
@@ -1246,10 +1251,15 @@ def update_cards(records: Sequence[dict[str, Any]], sources: Sequence[Source] | 
     from .card import update_results
 
     if sources is None:
-        found: dict[str, Path] = {}
+        found: dict[str, Path | None] = {}
         for r in records:
-            if r.get("kind") == "generator" and r.get("spec") and Path(r["spec"]).is_dir():
-                found.setdefault(r["source"], Path(r["spec"]))
+            if r.get("kind") == "generator":
+                spec = Path(r["spec"]) if r.get("spec") else None
+                found.setdefault(r["source"], spec if spec is not None and _is_generator_folder(spec) else None)
+        skipped = [label for label, folder in found.items() if folder is None]
+        if skipped:
+            warnings.warn(f"--update-card: {', '.join(map(repr, skipped))} not updated: not a local generator folder "
+                          "(bundled and Hub generators are read-only)", stacklevel=2)
         sources = [Source(label=label, kind="generator", folder=folder) for label, folder in found.items()]
     written = []
     for source in sources:

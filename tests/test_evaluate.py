@@ -592,6 +592,21 @@ def test_update_cards_writes_the_table(tmp_path, real, gen):
     assert "| toy | gen | 1 | convnet3 |" in (folder / "README.md").read_text()
 
 
+def test_merge_update_card_leaves_read_only_generators_and_data_folders_alone(tmp_path, monkeypatch):
+    """Records of a bundled generator name a spec like 'mnist': a data folder of that name
+    in the working directory is not its card; the generator is named as not updated."""
+    import synthsets.evaluate as evaluate_mod
+
+    bundled = Source.from_spec("mnist")
+    record = {"kind": "generator", "source": "mnist", "spec": "mnist", "dataset": "mnist", "model": "convnet3",
+              "inpc": 1, "run": 0, "final_acc": 90.0}
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mnist" / "raw").mkdir(parents=True)  # a torchvision data folder named like it
+    with pytest.warns(UserWarning, match=r"--update-card: 'mnist' not updated: not a local generator folder"):
+        assert evaluate_mod.update_cards([record]) == []
+    assert not (tmp_path / "mnist" / "README.md").exists() and bundled.folder is None
+
+
 # ----------------------------------------------------------------------------- export
 def test_materialize_in_memory_is_fixed_and_unaugmented(gen):
     ds = SyntheticDataset(gen, 3, seed=4, device="cpu")  # augmented by default
