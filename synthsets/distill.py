@@ -223,7 +223,7 @@ def _dataset_identity(real: RealData) -> dict[str, Any]:
     sample = images[:: max(1, len(images) // 64)][:64].contiguous()
     return {"name": real.name, "classes": list(real.classes), "channels": real.channels,
             "image_size": real.image_size, "train_images": len(real.train.labels),
-            "fingerprint": hashlib.sha1(sample.numpy().tobytes()).hexdigest()[:16]}
+            "fingerprint": hashlib.sha1(sample.cpu().numpy().tobytes()).hexdigest()[:16]}
 
 
 def _same_data(saved: dict[str, Any], now: dict[str, Any]) -> bool:
