@@ -28,6 +28,7 @@ from torch.utils.data import Dataset, default_collate, get_worker_info
 
 from .augment import DSA
 from .generator import Generator, fold_batchnorm
+from .hub import _caller_stacklevel
 from .models import preferred_memory_format
 
 #: DataLoader workers whose reads are counted towards epochs (more raise an error).
@@ -593,6 +594,12 @@ class SyntheticLoader:
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.prefetch = dataset._default_prefetch() if prefetch is None else bool(prefetch)
+        if drop_last and batch_size > len(dataset):
+            warnings.warn(
+                f"drop_last=True with batch_size {batch_size} larger than an epoch ({len(dataset)} images): every "
+                "epoch yields no batch; lower batch_size, raise inpc, or keep the last batch (drop_last=False)",
+                stacklevel=_caller_stacklevel(),
+            )
 
     def __len__(self) -> int:
         n = len(self.dataset)

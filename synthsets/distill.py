@@ -90,7 +90,11 @@ class DistillConfig:
     """Every setting of a distillation run (defaults are the paper's).
 
     A ``preset`` fills the fields left at their defaults when the run starts
-    (:class:`Distiller`, :func:`distill`); :func:`apply_preset` fills them in earlier."""
+    (:class:`Distiller`, :func:`distill`); :func:`apply_preset` fills them in earlier. A
+    field set to its default value cannot be told from one left alone, so the preset
+    fills it too (``DistillConfig(preset="tiny", width=196)`` trains width 16). To keep
+    such a value, pass it to :func:`distill` as a keyword (``distill(preset="tiny",
+    width=196)``) or call ``apply_preset(config, explicit=["width"])`` first."""
 
     data: str = "mnist"
     root: str | None = None
@@ -724,7 +728,7 @@ class Distiller:
             raise ConfigError(fields, _escape(f"cannot resume {self.checkpoint_path}: this run differs from it (")
                               + "; ".join(parts)
                               + _escape(f"); resume with the settings it was made with ({self.out / 'distill_config.json'} "
-                                        f"lists them{made_with}), or choose another --out"))
+                                        f"lists them{made_with}), or choose another --out (out=)"))
 
     def load_checkpoint(self) -> None:
         parts, meta = load_checkpoint(self.checkpoint_path)
@@ -740,7 +744,8 @@ class Distiller:
             detail = detail if len(detail) <= 300 else detail[:297] + "..."
             raise ValueError(
                 f"cannot resume {self.checkpoint_path}: it does not fit this run ({detail}); "
-                "resume with the data and settings it was made with, delete it to start over, or choose another --out"
+                "resume with the data and settings it was made with, delete it to start over, or choose another "
+                "--out (out=)"
             ) from None
         for opt in (self.opt_g, self.opt_d):  # the checkpoint may come from a run on another device
             _set_capturable(opt, self.use_cuda_graphs)
@@ -802,7 +807,7 @@ class Distiller:
         elif self.checkpoint_path.is_file():
             raise FileExistsError(
                 f"{self.out} already holds a run (checkpoint {self.checkpoint_path}); "
-                "pass --resume to continue it, or choose another --out"
+                "pass --resume (resume=True) to continue it, or choose another --out (out=)"
             )
         if self.is_main:
             if self.epoch == 0:

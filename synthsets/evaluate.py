@@ -29,7 +29,9 @@ Library use::
 
 Outputs (``--out``): ``results.json`` (one record per run), ``results.md`` (a Markdown
 table, with the images each epoch held) and ``accuracy_vs_inpc.png`` (when matplotlib is
-installed).
+installed). From Python, ``evaluate(..., out=D)`` writes ``results.json`` as runs finish
+(what ``resume`` reads); ``write_outputs(records, D)`` adds the table and the plot, as the
+command line does at the end.
 
 In reference mode, INPCs with ``C * INPC < batch`` all train on the same ``batch`` (128)
 images per epoch: with ten classes, INPC 1 and INPC 10 of a generator (or of the ``whole``
@@ -67,7 +69,15 @@ from torch import Tensor, nn
 
 from .allocator import tune_cpu_allocator
 from .augment import DSA, cutmix
-from .data import RealData, RealSplit, canonical_name, image_folder_format, load_real, torchvision_channels
+from .data import (
+    RealData,
+    RealSplit,
+    _torchvision_name,
+    canonical_name,
+    image_folder_format,
+    load_real,
+    torchvision_channels,
+)
 from .dataset import SyntheticDataset, _generation_dtype, _make_augment, _mix_seed, dtype_name, resolve_device
 from .generator import Generator
 from .hub import WeightsError, file_in_the_way, list_pretrained
@@ -819,7 +829,7 @@ def _check_resumable(
         if was:
             raise ValueError(
                 f"{path} holds runs made with {', '.join(was)}; this run asks for {', '.join(now)}: "
-                "use another --out, or drop --resume to start over"
+                "use another --out (out=), or drop --resume (resume=False) to start over"
             )
 
 
@@ -860,6 +870,7 @@ def evaluate(
     ``seed``; not those in :data:`UNCOMPARED_SETTINGS`, such as ``device``): a run made with
     other settings raises ``ValueError`` before anything runs, rather than being mixed in.
     Without ``resume``, a results file there that holds runs raises ``FileExistsError``.
+    The Markdown table and the plot come from :func:`write_outputs`.
     Returns this shard's records (including resumed ones). ``compile`` trains
     through ``torch.compile`` (see :func:`run_protocol`); ``generation_dtype`` is passed
     to :func:`evaluate_source`.
@@ -893,6 +904,12 @@ def evaluate(
         key = str(data) if data is not None else source.dataset
         if key is None:
             raise ValueError(f"generator {source.label!r} does not name its dataset in config.json: pass data= (--data)")
+        if data is None and _torchvision_name(key, root) is None and not Path(key).expanduser().is_dir():
+            raise ValueError(
+                f"generator {source.label!r} was distilled from {key!r}, which is neither a torchvision dataset name nor "
+                f"a folder here (an image folder's config.json keeps only its name): pass --data (data=) with the "
+                "path of that image folder"
+            )
         return key
 
     groups: dict[str, list[Source]] = {}
@@ -953,7 +970,8 @@ def evaluate(
             done = {_job_key(r) for r in records}
         elif held:  # an empty results file (a shard with no jobs) loses nothing when replaced
             raise FileExistsError(
-                f"{out_path} already holds results ({existing}); pass --resume to continue them, or choose another --out"
+                f"{out_path} already holds results ({existing}); pass --resume (resume=True) to continue them, "
+                "or choose another --out (out=)"
             )
 
     bar = None
@@ -987,7 +1005,7 @@ def evaluate(
 
 
 # ----------------------------------------------------------------------------- results
-def read_results(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
+def read_results(paths: str | Path | Iterable[str | Path]) -> list[dict[str, Any]]:
     """Records from results JSON files or folders (a folder: its ``results.rank*.json`` if any,
     else its ``results.json``). Duplicate runs (same dataset, source, INPC, model, run) keep
     the last one read."""
@@ -999,6 +1017,8 @@ def read_results(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
 
 def _results_runs(paths: Iterable[str | Path]) -> list[tuple[Path, dict[str, Any]]]:
     """``(file, record)`` for every run in the results files or folders, as :func:`read_results` finds them."""
+    if isinstance(paths, (str, os.PathLike)):  # one folder or file, not a sequence of letters
+        paths = [paths]
     files: list[Path] = []
     for item in paths:
         path = Path(item)
@@ -1207,7 +1227,7 @@ def _merge_mismatch(record: dict[str, Any], other: dict[str, Any]) -> tuple[list
     return _resume_mismatch(record, expected, seed)
 
 
-def merge(paths: Sequence[str | Path], out: str | Path | None = None) -> list[dict[str, Any]]:
+def merge(paths: str | Path | Sequence[str | Path], out: str | Path | None = None) -> list[dict[str, Any]]:
     """Merge results files/folders (e.g. one per shard or rank) and write the outputs to ``out``
     (default: the first folder given).
 

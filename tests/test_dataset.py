@@ -828,3 +828,15 @@ def test_dataloader_passes_after_the_same_set_epoch(gen):
     images = torch.cat([x for x, _ in DataLoader(ds, batch_size=5, shuffle=False)])
     reference.set_epoch(1)
     assert ds.epoch == 1 and torch.allclose(images, reference.epoch_tensors()[0], atol=1e-6)
+
+
+def test_loader_warns_when_drop_last_leaves_no_batch(recwarn):
+    """A batch larger than the epoch with drop_last=True would train on nothing."""
+    import synthsets
+
+    ds = synthsets.DiM("mnist", inpc=2, device="cpu")
+    with pytest.warns(UserWarning, match=r"drop_last=True with batch_size 64 larger than an epoch \(20 images\)") as warned:
+        loader = ds.loader(batch_size=64, drop_last=True)
+    assert [w.filename for w in warned] == [__file__] and len(loader) == 0
+    recwarn.clear()
+    assert len(ds.loader(batch_size=64)) == 1 and not recwarn.list  # the last batch kept: no warning

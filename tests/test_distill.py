@@ -570,7 +570,7 @@ def test_resume_with_other_data_is_reported(grey28, rgb32, tmp_path, capsys):
     assert err.startswith(f"error: cannot resume {checkpoint}: this run differs from it (--data: 'rgb32")
     assert "(3 classes, 3x32x32, 36 training images) in the checkpoint, 'grey28" in err
     assert "(3 classes, 1x28x28, 36 training images) now" in err
-    assert f"({out / 'distill_config.json'} lists them), or choose another --out" in err and err.count("\n") == 1
+    assert f"({out / 'distill_config.json'} lists them), or choose another --out (out=)" in err and err.count("\n") == 1
 
 
 def test_resume_with_other_data_of_the_same_shape_or_settings_is_refused(grey28, tmp_path, capsys):
@@ -617,7 +617,7 @@ def test_resume_names_the_preset_a_run_was_made_with(grey28, tmp_path, capsys):
                  "--resume"]) == 2
     err = capsys.readouterr().err.split("\r")[-1]
     assert "--width: 16 in the checkpoint, 196 now" in err
-    assert f"({out / 'distill_config.json'} lists them, --preset tiny), or choose another --out" in err
+    assert f"({out / 'distill_config.json'} lists them, --preset tiny), or choose another --out (out=)" in err
 
 
 def test_stage_time_limits(grey28, tmp_path, monkeypatch):

@@ -422,7 +422,7 @@ def test_resume_refuses_runs_made_with_other_settings(tmp_path, real, gen):
         with pytest.raises(ValueError) as caught:
             evaluate([Source.from_spec(gen, label="gen")], resume=True, **{**kw, **changes})
         assert str(caught.value) == (
-            f"{results} holds runs made with {expected}: use another --out, or drop --resume to start over"
+            f"{results} holds runs made with {expected}: use another --out (out=), or drop --resume (resume=False) to start over"
         )
     assert results.read_text() == before  # refused before running anything
     with pytest.raises(ValueError, match=r'model_kwargs={"width": 8}; this run asks for model_kwargs={"width": 4}'):
@@ -438,7 +438,8 @@ def test_resume_refuses_runs_made_with_other_settings(tmp_path, real, gen):
     with pytest.raises(FileExistsError) as caught:
         evaluate([Source.from_spec(gen, label="gen")], config=fast(epochs=3), **kw)
     assert str(caught.value) == (
-        f"{tmp_path} already holds results ({results}); pass --resume to continue them, or choose another --out"
+        f"{tmp_path} already holds results ({results}); pass --resume (resume=True) to continue them, "
+        "or choose another --out (out=)"
     )
     assert results.read_text() == before
 
@@ -467,8 +468,8 @@ def test_cli_refuses_an_out_holding_results_without_resume(tmp_path, capsys, mon
     capsys.readouterr()
     assert main(args) == 2
     assert _one_error_line(capsys.readouterr().err) == (
-        f"error: {out} already holds results ({out / 'results.json'}); pass --resume to continue them, "
-        "or choose another --out"
+        f"error: {out} already holds results ({out / 'results.json'}); pass --resume (resume=True) to continue them, "
+        "or choose another --out (out=)"
     )
     assert (out / "results.json").read_text() == before
     assert main([*args, "--resume"]) == 0
@@ -486,7 +487,7 @@ def test_cli_resume_with_other_settings_is_a_one_line_error(tmp_path, capsys, mo
     assert main([*args, "--epochs", "3", "--resume"]) == 2
     assert _one_error_line(capsys.readouterr().err) == (
         f"error: {out / 'results.json'} holds runs made with epochs=2; this run asks for epochs=3: "
-        "use another --out, or drop --resume to start over"
+        "use another --out (out=), or drop --resume (resume=False) to start over"
     )
     assert main([*args, "--epochs", "2", "--resume"]) == 0  # the same settings resume (nothing left to run)
     assert len(read_results([out])) == 1
@@ -993,3 +994,20 @@ def test_an_image_folder_of_other_data_is_refused(tmp_path, monkeypatch):
     with pytest.warns(UserWarning) as warned:
         evaluate([generator], data=str(grey), inpc=[1], runs=1, epochs=1, progress=False)
     assert any("labels are matched by index" in str(w.message) for w in warned)
+
+
+def test_read_results_and_merge_take_one_folder_as_a_string(tmp_path, real, gen):
+    out = tmp_path / "ev"
+    records = evaluate([Source.from_spec(gen, label="gen")], real=real, inpc=[1], runs=1, config=fast(epochs=1),
+                       device="cpu", model_kwargs=TINY, progress=False, out=out)
+    assert read_results(str(out)) == read_results([out]) == records
+    assert merge(str(out), tmp_path / "m") == records
+
+
+def test_a_generator_from_an_image_folder_needs_its_data_named(tmp_path):
+    """config.json keeps only the image folder's name: the default data cannot be found,
+    and the message says to pass the folder."""
+    generator = tiny_generator(dataset="my-folder")
+    with pytest.raises(ValueError, match=r"was distilled from 'my-folder', which is neither a torchvision dataset name "
+                                         r"nor a folder here .*pass --data \(data=\) with the path of that image folder"):
+        evaluate([generator], inpc=[1], runs=1, epochs=1, progress=False)
