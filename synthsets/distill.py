@@ -166,7 +166,9 @@ class DistillConfig:
                 "{} and {} are both 0, which would publish an untrained generator: "
                 "give at least one stage a positive number of epochs",
             )
-        _check_int(self, "seed")
+        _check_int(self, "seed", minimum=0)
+        if self.seed >= 2**63:  # torch seeds are 64-bit; larger ones would alias smaller seeds
+            raise _bad("seed", f"must lie in [0, 2**63), got {self.seed}")
         for name in ("lr", "stage2_lr", "inner_lr"):
             _check_float(self, name, positive=True)
         for name in ("gp_weight", "inner_weight_decay"):

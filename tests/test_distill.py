@@ -878,6 +878,8 @@ def test_push_to_hub_round_trips_through_a_local_endpoint(grey28, tmp_path, hub_
 # -- 7. input checks: bad settings fail before any data is read ------------------------------------
 BAD_FLAGS = {
     "batch-size": (["--batch-size", "0"], "--batch-size must be a positive int, got 0"),
+    "negative-seed": (["--seed", "-1"], "--seed must be an int >= 0, got -1"),
+    "huge-seed": (["--seed", str(2**64)], f"--seed must lie in [0, 2**63), got {2**64}"),
     "samples-per-class": (["--samples-per-class", "0"], "--samples-per-class must be a positive int, got 0"),
     "steps-per-epoch": (
         ["--steps-per-epoch", "0"],
@@ -974,7 +976,7 @@ def test_steps_per_epoch_none_is_a_full_pass(trainer):
         ("pool", [], "DistillConfig.pool must be a non-empty list of model names"),
         ("pool", "convnet3", "DistillConfig.pool must be a non-empty list of model names"),
         ("pool", ["nosuchnet"], "DistillConfig.pool has unknown models ['nosuchnet']"),
-        ("seed", 1.5, "DistillConfig.seed must be an int, got 1.5"),
+        ("seed", 1.5, "DistillConfig.seed must be an int >= 0, got 1.5"),
         ("stage1_minutes", 0, "DistillConfig.stage1_minutes must be a number > 0, got 0"),
         ("preset", "huge", "DistillConfig.preset names an unknown preset 'huge'"),
     ],
