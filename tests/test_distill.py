@@ -994,7 +994,7 @@ def test_python_api_rejects_no_epochs_and_accepts_edge_values():
     with pytest.raises(ValueError, match=r"^DistillConfig\.stage1_epochs and DistillConfig\.stage2_epochs are both 0"):
         DistillConfig(stage1_epochs=0, stage2_epochs=0)
     # the edges of the valid ranges
-    DistillConfig(stage1_epochs=0, gp_weight=0.0, match_weight=0, inner_momentum=0, inner_weight_decay=0, seed=-1,
+    DistillConfig(stage1_epochs=0, gp_weight=0.0, match_weight=0, inner_momentum=0, inner_weight_decay=0, seed=2**63 - 1,
                   steps_per_epoch=1, stage2_steps_per_epoch=1, betas=[0.0, 0.999], stage1_minutes=float("inf"))
 
 
