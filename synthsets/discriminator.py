@@ -21,6 +21,20 @@ _INPUT_GRADIENT_TASKS: set[int] = set()
 _current_task_id = getattr(torch._C, "_current_graph_task_id", None)
 
 
+def _custom_autograd_applies(x: Tensor, *params: Tensor | None) -> bool:
+    """Whether plain autograd records this call, so a custom autograd function may stand in
+    for torch's op: grad mode on, something requires grad, and no tracing, compiling,
+    ``torch.func`` transform, forward-mode AD or autocast (whose backward would see mixed
+    dtypes)."""
+    return (
+        torch.is_grad_enabled()
+        and not _capturing_graph()
+        and not _transformed()
+        and (x.requires_grad or any(p is not None and p.requires_grad for p in params))
+        and not torch.is_autocast_enabled(x.device.type)
+    )
+
+
 def _in_input_gradient_pass() -> bool:
     return _current_task_id is not None and bool(_INPUT_GRADIENT_TASKS) and _current_task_id() in _INPUT_GRADIENT_TASKS
 
@@ -133,16 +147,12 @@ class PenaltyConv2d(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         if (
-            torch.is_grad_enabled()
-            and not _capturing_graph()
-            and not _transformed()
-            and (x.requires_grad or self.weight.requires_grad)
-            and self.groups == 1
+            self.groups == 1
             and self.padding_mode == "zeros"
             and not isinstance(self.padding, str)
             and tuple(self.dilation) == (1, 1)
             and x.dim() == 4
-            and not torch.is_autocast_enabled(x.device.type)  # its backward would see mixed dtypes
+            and _custom_autograd_applies(x, self.weight)
         ):
             return _PenaltyConv.apply(x, self.weight, self.bias, list(self.stride), list(self.padding))
         return super().forward(x)
@@ -296,14 +306,10 @@ class SampleLayerNorm(nn.LayerNorm):
 
     def _fast_second_order(self, x: Tensor, shape: tuple[int, ...]) -> bool:
         return (
-            torch.is_grad_enabled()
-            and not _capturing_graph()
-            and not _transformed()
-            and (x.requires_grad or any(p is not None and p.requires_grad for p in (self.weight, self.bias)))
-            and x.dtype in (torch.float32, torch.float64)
+            x.dtype in (torch.float32, torch.float64)
             and tuple(x.shape[1:]) == shape  # all of a sample (a wrong shape gets torch's error)
             and x.shape[0] > 0
-            and not torch.is_autocast_enabled(x.device.type)
+            and _custom_autograd_applies(x, self.weight, self.bias)
         )
 
 

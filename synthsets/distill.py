@@ -48,7 +48,15 @@ from .data import RealData, load_real
 from .dataset import _mix_seed, resolve_device
 from .discriminator import Discriminator, gradient_penalty
 from .generator import Generator, GeneratorConfig
-from .hub import UploadError, WeightsError, atomic_write_text, file_in_the_way, hub_offline, upload_folder_or_explain
+from .hub import (
+    UploadError,
+    WeightsError,
+    atomic_write_text,
+    error_detail,
+    file_in_the_way,
+    hub_offline,
+    upload_folder_or_explain,
+)
 from .models import POOL, create_model, is_model, list_models, preferred_memory_format
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -742,10 +750,8 @@ class Distiller:
             self.opt_g.load_state_dict(optimizer_state(parts["opt_g"]))
             self.opt_d.load_state_dict(optimizer_state(parts["opt_d"]))
         except (KeyError, TypeError, ValueError, RuntimeError) as err:  # e.g. a run on other data
-            detail = " ".join(line.strip() for line in f"{type(err).__name__}: {err}".splitlines() if line.strip())
-            detail = detail if len(detail) <= 300 else detail[:297] + "..."
             raise ValueError(
-                f"cannot resume {self.checkpoint_path}: it does not fit this run ({detail}); "
+                f"cannot resume {self.checkpoint_path}: it does not fit this run ({error_detail(err)}); "
                 "resume with the data and settings it was made with, delete it to start over, or choose another "
                 "--out (out=)"
             ) from None

@@ -123,6 +123,13 @@ def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
         ) from None
 
 
+def error_detail(err: BaseException, limit: int = 300) -> str:
+    """``"<Type>: <message>"`` on one line, at most ``limit`` characters (for messages
+    that name the cause of a failure)."""
+    detail = " ".join(f"{type(err).__name__}: {err}".split())
+    return detail if len(detail) <= limit else detail[: limit - 3] + "..."
+
+
 def _first(items: list[str], what: str = "", sep: str = ", ", shown: int = 3) -> str:
     """The first ``shown`` of ``items`` joined, then a count of the rest (``"and 46 more <what>"``)."""
     more = f"{sep}and {len(items) - shown} more{what}" if len(items) > shown else ""
@@ -367,13 +374,11 @@ def resolve(
 
 def _unreachable_message(filename: str, repo_id: str, local_files_only: bool, cause: BaseException | None) -> str:
     """Why ``filename`` could not be had: only the reasons that apply (flags set, or the network)."""
-    from huggingface_hub import constants
-
     flags, fixes = [], []
     if local_files_only:
         flags.append("local_files_only=True")
         fixes.append("pass local_files_only=False")
-    if getattr(constants, "HF_HUB_OFFLINE", False):
+    if hub_offline():
         flags.append("offline mode HF_HUB_OFFLINE=1")
         fixes.append("unset HF_HUB_OFFLINE")
     head = f"{filename} of Hub repo {repo_id!r} is not in the local cache"
@@ -457,10 +462,8 @@ def upload_folder_or_explain(folder: str | Path, repo_id: str, commit_message: s
     try:
         return upload_folder(folder, repo_id, commit_message=commit_message)
     except Exception as err:  # network, auth, permissions: the work is safe on disk either way
-        detail = " ".join(f"{type(err).__name__}: {err}".split())
-        detail = detail if len(detail) <= 300 else detail[:297] + "..."
         raise UploadError(
-            f"the generator is complete in {folder}, but uploading it to {repo_id} failed ({detail}); "
+            f"the generator is complete in {folder}, but uploading it to {repo_id} failed ({error_detail(err)}); "
             f"upload it later with: hf upload {repo_id} {folder} . --exclude 'checkpoints/*'"
         ) from err
 
