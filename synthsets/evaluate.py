@@ -522,7 +522,7 @@ class Source:
                 kind="generator",
                 generator=spec,
                 spec=str(origin) if origin else None,
-                folder=Path(origin) if origin and Path(origin).is_dir() else None,
+                folder=Path(origin) if origin and _is_generator_folder(Path(origin)) else None,
                 dataset=spec.config.dataset,
             )
         text = str(spec)

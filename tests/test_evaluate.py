@@ -606,6 +606,10 @@ def test_merge_update_card_leaves_read_only_generators_and_data_folders_alone(tm
     with pytest.warns(UserWarning, match=r"--update-card: 'mnist' not updated: not a local generator folder"):
         assert evaluate_mod.update_cards([record]) == []
     assert not (tmp_path / "mnist" / "README.md").exists() and bundled.folder is None
+    # the same through a loaded Generator (its source is the name it was loaded by)
+    from synthsets import Generator
+
+    assert Source.from_spec(Generator.from_pretrained("mnist")).folder is None
 
 
 # ----------------------------------------------------------------------------- export
