@@ -6,9 +6,11 @@ Discriminator, DSA and pool models, the same losses, optimisers, seeds and order
 random draws) but is written the way research code often is:
 
 * the models are built from stock torch layers: ``nn.AvgPool2d`` in the pool models,
-  ``nn.LayerNorm`` and ``nn.Conv2d`` in the discriminator, where the library has its
-  faster drop-ins ``AvgPool2x2``, ``SampleLayerNorm`` and ``PenaltyConv2d``
-  (``benchmarks._common.stock_layers``), and they stay in the standard memory layout;
+  ``nn.LayerNorm`` and ``nn.Conv2d`` in the discriminator, ``nn.Conv2d`` and
+  ``nn.ConvTranspose2d`` in the generator, where the library has its faster drop-ins
+  ``AvgPool2x2``, ``SampleLayerNorm``, ``PenaltyConv2d`` and the generator's
+  CPU-fast convolutions (``benchmarks._common.stock_layers``), and they stay in the
+  standard memory layout;
 
 * the real training set stays on the CPU and each batch is indexed there, then copied
   to the device;
@@ -57,7 +59,7 @@ class NaiveDistiller:
         self.x = real.train.images  # stays on the CPU
         self.y = real.train.labels
         torch.manual_seed(config.seed)
-        self.G = Generator(
+        self.G = stock_layers(Generator(
             GeneratorConfig(
                 num_classes=real.num_classes,
                 channels=real.channels,
@@ -69,7 +71,7 @@ class NaiveDistiller:
                 mean=real.mean,
                 std=real.std,
             )
-        ).to(self.device)
+        )).to(self.device)  # stock nn.Conv2d / nn.ConvTranspose2d
         D = Discriminator(real.num_classes, real.channels, real.image_size, config.disc_width)
         self.D = stock_layers(D).to(self.device)  # nn.LayerNorm and nn.Conv2d, as research code has it
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=config.lr, betas=tuple(config.betas))

@@ -1,6 +1,6 @@
 """The discriminator step with the WGAN-GP gradient penalty: the library's second derivatives against torch's.
 
-The discriminator of ``synthsets.distill`` is built from two layers with their own
+The discriminator of ``synthsets.distill`` is built from three layers with their own
 second derivative (the gradient penalty's double backward):
 
 * ``synthsets.discriminator.PenaltyConv2d``: an ``nn.Conv2d`` whose second derivative uses
@@ -8,11 +8,13 @@ second derivative (the gradient penalty's double backward):
   ``autograd.grad`` pass. torch differentiates its convolution backward with a
   convolution of batch-transposed tensors whose kernel is as large as the feature map;
 * ``synthsets.discriminator.SampleLayerNorm``: a layer norm whose second derivative takes
-  about half the passes over memory of torch's generic formula.
+  about half the passes over memory of torch's generic formula;
+* ``synthsets.discriminator.PenaltyLeakyReLU``: a leaky ReLU whose second derivative
+  leaves out the zero tensor torch's formula builds and adds at every layer.
 
-Three discriminators, each timed in the same run, round by round: ``torch`` (nn.Conv2d and
-torch's layer-norm second derivative), ``PenaltyConv2d`` (the fast convolutions only) and
-``library`` (both, as the library trains). Two workloads:
+Three discriminators, each timed in the same run, round by round: ``torch`` (nn.Conv2d,
+torch's layer-norm second derivative and nn.LeakyReLU), ``PenaltyConv2d`` (the fast
+convolutions only) and ``library`` (all three, as the library trains). Two workloads:
 
 * ``penalty``: ``gradient_penalty(D, real, fake)`` and its backward;
 * ``D step``: the whole discriminator loss of a distillation step (scores of real and
@@ -49,7 +51,7 @@ from synthsets.models import preferred_memory_format
 
 from . import _common as C
 
-#: discriminator variants -> (fast convolutions, fast layer-norm second derivative)
+#: discriminator variants -> (fast convolutions, fast layer-norm and leaky-ReLU second derivatives)
 LAYERS = {"torch": (False, False), "PenaltyConv2d": (True, False), "library": (True, True)}
 #: name -> (width, channels, image size)
 SIZES = {"cpu-small": (32, 1, 28), "paper": (196, 3, 32), "tiny": (8, 1, 28)}
@@ -70,6 +72,7 @@ def discriminator(layer: str, size: str, device: torch.device | str, seed: int =
         C.stock_convolutions(D)
     if not fast_norms:
         C.torch_norm_second_order(D)
+        C.stock_activations(D)
     return D.to(memory_format=LAYOUTS[layout] if layout else preferred_memory_format(D, device))
 
 

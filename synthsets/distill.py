@@ -564,7 +564,8 @@ class Distiller:
             + self.cfg.gp_weight * gp
         )
         self.opt_d.zero_grad(set_to_none=True)
-        loss.backward()
+        # the parameters only: not the gradient of the penalty's interpolated images
+        loss.backward(inputs=list(self.D.parameters()))
         _average_grads(self.D, self.world)
         self.opt_d.step()
         # losses stay on the device (no host sync per step); run_epoch reads them once per epoch

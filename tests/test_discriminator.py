@@ -11,7 +11,9 @@ from synthsets.discriminator import (
     _INPUT_GRADIENT_TASKS,
     Discriminator,
     PenaltyConv2d,
+    PenaltyLeakyReLU,
     SampleLayerNorm,
+    _conv_backward,
     _ConvGradients,
     _LayerNormGradients,
     _PenaltyConv,
@@ -255,22 +257,26 @@ def test_gradient_penalty_skips_weight_gradients_only_in_its_own_pass():
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("channels,size", [(1, 28), (3, 32)])
-def test_discriminator_penalty_equals_stock_convolutions(channels, size, device, monkeypatch):
-    """The whole D loss with the penalty: the same gradients as with nn.Conv2d and
-    nn.LayerNorm layers, and the penalty's own pass asked the convolutions and norms for
-    no weight gradient."""
+def test_discriminator_penalty_equals_stock_layers(channels, size, device, monkeypatch):
+    """The whole D loss with the penalty: the same gradients as with nn.Conv2d,
+    nn.LayerNorm and nn.LeakyReLU layers. The penalty's own pass asked the convolutions and
+    norms for no weight gradient, and a backward pass for the parameters only (as the
+    distillation's D step runs it) asked the first convolution for no gradient of the
+    interpolated images. Width 8: grey images take the one-channel input-gradient path."""
     torch.manual_seed(0)
-    D = Discriminator(10, channels, size, width=6).double().to(device)
-    reference = Discriminator(10, channels, size, width=6).double().to(device)
+    D = Discriminator(10, channels, size, width=8).double().to(device)
+    reference = Discriminator(10, channels, size, width=8).double().to(device)
     reference.load_state_dict(D.state_dict())
+    stock = {PenaltyConv2d: nn.Conv2d, SampleLayerNorm: nn.LayerNorm, PenaltyLeakyReLU: nn.LeakyReLU}
     for m in reference.modules():
-        if type(m) in (PenaltyConv2d, SampleLayerNorm):
-            m.__class__ = nn.Conv2d if type(m) is PenaltyConv2d else nn.LayerNorm
+        m.__class__ = stock.get(type(m), type(m))
     real = torch.randn(3, channels, size, size, dtype=torch.double, device=device)
     fake = torch.randn(3, channels, size, size, dtype=torch.double, device=device)
     masks, norm_masks = [], []
     original, original_norm = _ConvGradients.forward, _LayerNormGradients.forward
-    monkeypatch.setattr(_ConvGradients, "forward", staticmethod(lambda ctx, *a: masks.append(a[-1]) or original(ctx, *a)))
+    monkeypatch.setattr(
+        _ConvGradients, "forward", staticmethod(lambda ctx, *a: masks.append((a[1].shape[1], a[-1])) or original(ctx, *a))
+    )
     monkeypatch.setattr(
         _LayerNormGradients, "forward", staticmethod(lambda ctx, *a: norm_masks.append(a[-1]) or original_norm(ctx, *a))
     )
@@ -281,12 +287,56 @@ def test_discriminator_penalty_equals_stock_convolutions(channels, size, device,
         score, logits = model(real)
         gp = gradient_penalty(model, real, fake, generator=torch.Generator(device).manual_seed(1))
         if model is D:  # the 8 convolutions and norms of the penalty's pass: input gradients only
-            assert masks == [[True, False, False]] * 8
+            assert [mask for _, mask in masks] == [[True, False, False]] * 8
             assert norm_masks == [[True, False, False]] * 8
-        (score.mean() + logits.square().mean() + 10 * gp).backward()
+            masks.clear()
+        (score.mean() + logits.square().mean() + 10 * gp).backward(inputs=list(model.parameters()))
+        if model is D:  # the first layer, on real and on interpolated images: no input gradient
+            first = [mask for in_channels, mask in masks if in_channels == channels]
+            assert len(first) == 2 and not any(mask[0] for mask in first)
         results.append([gp.detach()] + [p.grad for p in model.parameters()])
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, CL])
+def test_one_channel_input_gradient_is_torchs(layout):
+    """The input gradient of a convolution from one channel (shifted sums on a CPU) is
+    torch's, alone or with the weight and bias gradients."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 1, 9, 8, dtype=torch.double).to(memory_format=layout)
+    w = torch.randn(8, 1, 3, 3, dtype=torch.double).to(memory_format=layout)
+    g = torch.randn(3, 8, 9, 8, dtype=torch.double).to(memory_format=layout)
+    for mask in ([True, False, False], [True, True, True], [False, True, False]):
+        ours = _conv_backward(g, x, w, [1, 1], [1, 1], mask, has_bias=True)
+        ref = torch.ops.aten.convolution_backward(g, x, w, [8], [1, 1], [1, 1], [1, 1], False, [0, 0], 1, mask)
+        for a, b in zip(ours, ref):
+            assert (a is None) == (b is None)
+            if a is not None:
+                torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_penalty_leaky_relu_is_leaky_relu_to_third_order():
+    """Same values and derivatives as nn.LeakyReLU, to the third order (the second
+    derivative's zero term with respect to the activation is left out, not changed)."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 6, dtype=torch.double, requires_grad=True)
+    ours, ref = PenaltyLeakyReLU(), nn.LeakyReLU()
+    w = torch.randn(4, 6, dtype=torch.double)
+
+    def derivatives(layer):
+        (g,) = torch.autograd.grad((layer(x * x) * w).sum(), x, create_graph=True)
+        (gg,) = torch.autograd.grad(g.pow(3).sum(), x, create_graph=True)
+        (ggg,) = torch.autograd.grad(gg.sin().sum(), x)
+        return layer(x), g, gg, ggg
+
+    for a, b in zip(derivatives(ours), derivatives(ref)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradgradcheck(ours, (x,))
+    assert ours(x).grad_fn.name().endswith("_LeakyReLUBackward")
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x))
+    assert "_LeakyReLU" not in (PenaltyLeakyReLU(-0.5)(x).grad_fn.name())  # sign of the output is not the input's
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")  # inside torch's jvp
@@ -298,12 +348,16 @@ def test_custom_layers_work_under_torch_func_and_forward_ad():
     from synthsets.models import AvgPool2x2
 
     torch.manual_seed(0)
+    from synthsets.generator import _CpuFastConv2d
+
     norm = SampleLayerNorm([2, 4, 4]).double()
     conv = PenaltyConv2d(2, 3, 3, 1, 1).double()
+    to_grey = _CpuFastConv2d(8, 1, 3, 1, 1).double()  # its one-output-channel path
     pool = AvgPool2x2()
     x = torch.randn(5, 2, 4, 4, dtype=torch.double)
+    wide = torch.randn(3, 8, 5, 5, dtype=torch.double)
     big = torch.randn(2, 8, 64, 64, dtype=torch.double)  # large enough for AvgPool2x2's own CPU path
-    for layer, inputs in ((norm, x), (conv, x), (pool, big)):
+    for layer, inputs in ((norm, x), (conv, x), (PenaltyLeakyReLU(), x), (to_grey, wide), (pool, big)):
         expected = layer(inputs)
         torch.testing.assert_close(torch.func.vmap(layer)(inputs.unsqueeze(1)).squeeze(1), expected)
         jac = torch.func.jacrev(lambda t: layer(t).sum())(inputs)

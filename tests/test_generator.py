@@ -392,3 +392,48 @@ def test_save_pretrained_takes_floating_dtypes_only(tmp_path):
     assert next(loaded.parameters()).dtype == torch.float32
     assert torch.allclose(loaded.generate([0], generator=torch.Generator().manual_seed(0)),
                           g.eval().generate([0], generator=torch.Generator().manual_seed(0)), atol=5e-3)
+
+
+@pytest.mark.parametrize("channels,size", [(1, 28), (3, 32)])
+def test_generator_cpu_fast_convolutions_are_torch_convolutions(channels, size):
+    """The generator's convolutions (bias added after the convolution while training on a
+    CPU; the grey image's last layer as a matrix product and shifted sums) give torch's
+    images and gradients, in training and in eval mode, in either layout."""
+    import copy
+
+    from synthsets.generator import _CpuFastConv2d, _CpuFastConvTranspose2d
+
+    torch.manual_seed(0)
+    G = Generator(num_classes=4, channels=channels, image_size=size, width=8).double()
+    reference = copy.deepcopy(G)
+    for m in reference.modules():
+        if type(m) in (_CpuFastConv2d, _CpuFastConvTranspose2d):
+            m.__class__ = nn.Conv2d if type(m) is _CpuFastConv2d else nn.ConvTranspose2d
+    z = G.make_noise(torch.arange(4).repeat(2)).double()
+    for layout in (torch.contiguous_format, torch.channels_last):
+        results = []
+        for model in (G, reference):
+            model.to(memory_format=layout).train().zero_grad()
+            out = model(z)
+            (out * torch.linspace(-1, 1, out.numel(), dtype=torch.double).view_as(out)).sum().backward()
+            with torch.no_grad():
+                images = model.eval()(z)
+            results.append([out.detach(), images] + [p.grad for p in model.parameters()])
+        for a, b in zip(*results):  # biases before a BatchNorm get rounding noise only (~1e-12)
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_fast_transposed_convolution_keeps_output_size_and_stock_paths():
+    from synthsets.generator import _CpuFastConv2d, _CpuFastConvTranspose2d
+
+    torch.manual_seed(0)
+    up = _CpuFastConvTranspose2d(8, 8, 3, 2, 1).double()
+    x = torch.randn(2, 8, 5, 5, dtype=torch.double)
+    ref = nn.ConvTranspose2d(8, 8, 3, 2, 1).double()
+    ref.load_state_dict(up.state_dict())
+    for output_size in (None, [10, 10]):
+        torch.testing.assert_close(up(x, output_size), ref(x, output_size))
+    conv = _CpuFastConv2d(8, 1, 3, 1, 1, padding_mode="reflect").double()  # not zero padding: torch's own
+    stock = nn.Conv2d(8, 1, 3, 1, 1, padding_mode="reflect").double()
+    stock.load_state_dict(conv.state_dict())
+    torch.testing.assert_close(conv(x), stock(x))

@@ -315,3 +315,48 @@ def test_average_pool_resnets_name_their_smallest_image_size():
         model = create_model(name, 10, 1, 8)
         assert model(torch.randn(2, 1, 8, 8)).shape == (2, 10)
     assert create_model("resnet18", 10, 1, 4)(torch.randn(2, 1, 4, 4)).shape == (2, 10)
+
+
+# -- the one-output-channel 3x3 convolution (grey images: the generator's last layer) ------------
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv3x3_to_one_channel_is_conv2d(layout, bias):
+    """Matrix product plus shifted sums: conv2d's values and gradients (of any order) in
+    float64, whichever layout the input is in, for odd and even sizes."""
+    from synthsets.models import _conv3x3_to_one_channel
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 8, 7, 6, dtype=torch.double).to(memory_format=layout).requires_grad_()
+    w = torch.randn(1, 8, 3, 3, dtype=torch.double, requires_grad=True)
+    b = torch.randn(1, dtype=torch.double, requires_grad=True) if bias else None
+    out, ref = _conv3x3_to_one_channel(x, w, b), nn.functional.conv2d(x, w, b, padding=1)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(ref)
+    inputs = [x, w] + ([b] if bias else [])
+    torch.testing.assert_close(torch.autograd.grad(out, inputs, g), torch.autograd.grad(ref, inputs, g), rtol=1e-12, atol=1e-12)
+    if layout == torch.channels_last:  # the input gradient keeps the input's layout
+        (gx,) = torch.autograd.grad(_conv3x3_to_one_channel(x, w, b), x, g)
+        assert gx.is_contiguous(memory_format=torch.channels_last)
+    small = (x[:1, :, :4, :5].detach().clone().requires_grad_(), w) + ((b,) if bias else ())
+    fn = (lambda a, c, d: _conv3x3_to_one_channel(a, c, d)) if bias else (lambda a, c: _conv3x3_to_one_channel(a, c, None))
+    assert torch.autograd.gradcheck(fn, small)
+    assert torch.autograd.gradgradcheck(fn, small)
+
+
+def test_one_output_channel_path_applies_only_where_it_is_exact_and_faster():
+    from synthsets.models import _one_output_channel_applies as applies
+
+    x, w = torch.randn(2, 8, 6, 6), torch.randn(1, 8, 3, 3)
+    assert applies(x, w, (1, 1), (1, 1), (1, 1), 1)
+    assert not applies(x, torch.randn(2, 8, 3, 3), (1, 1), (1, 1), (1, 1), 1)  # two output channels
+    assert not applies(x[:, :4], w[:, :4], (1, 1), (1, 1), (1, 1), 1)  # few input channels: oneDNN is faster
+    assert not applies(x, w, (2, 2), (1, 1), (1, 1), 1)
+    assert not applies(x, w, (1, 1), (0, 0), (1, 1), 1)
+    assert not applies(x, w, (1, 1), "same", (1, 1), 1)
+    assert not applies(x, w, (1, 1), (1, 1), (2, 2), 1)
+    assert not applies(x, torch.randn(1, 8, 5, 5), (1, 1), (2, 2), (1, 1), 1)
+    assert not applies(x.half(), w.half(), (1, 1), (1, 1), (1, 1), 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not applies(x, w, (1, 1), (1, 1), (1, 1), 1)
