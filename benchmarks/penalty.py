@@ -20,6 +20,9 @@ convolutions only) and ``library`` (all three, as the library trains). Two workl
 * ``D step``: the whole discriminator loss of a distillation step (scores of real and
   fake, both class losses, 10 x the penalty) and its backward.
 
+Each backward asks for the parameters' gradients only (``backward(inputs=...)``), as the
+distillation's D step does, so no variant computes the gradient of the interpolated images.
+
 Two discriminator sizes: ``cpu-small`` (width 32, 1x28x28, batch 64) and ``paper`` (width
 196, 3x32x32, batch 64 on CUDA, 16 on CPU to keep the run short; ``--batch`` sets both).
 The discriminators are in the layout the library trains them in (channels_last on CPU);
@@ -101,11 +104,12 @@ def workload(device: str, layer: str, size: str, batch: int, what: str, layout: 
     """One call of the workload ``what`` ("penalty" or "D step"); module level for the memory probe."""
     D = discriminator(layer, size, device, layout=layout)
     real, fake, labels = batch_of(size, batch, device, layout=layout)
+    parameters = list(D.parameters())
 
     def run() -> None:
         D.zero_grad(set_to_none=True)
         loss = gradient_penalty(D, real, fake) if what == "penalty" else d_loss(D, real, fake, labels)
-        loss.backward()
+        loss.backward(inputs=parameters)  # the parameters' gradients only, as the Distiller's D step
 
     return run
 
