@@ -356,47 +356,46 @@ class SampleLayerNorm(nn.LayerNorm):
 
 
 class _LeakyReLUGradient(torch.autograd.Function):
-    """The gradient of a leaky ReLU for an output gradient, given its output ``y`` (whose
-    sign is the input's). Its own derivative with respect to ``y`` is zero almost
-    everywhere: torch's formula builds that zero tensor and adds it into the gradient
-    penalty's backward at every layer; here it is left out."""
+    """The gradient of a leaky ReLU of ``x`` for an output gradient. Its own derivative with
+    respect to ``x`` is zero almost everywhere: torch's formula builds that zero tensor and
+    adds it into the gradient penalty's backward at every layer; here it is left out."""
 
     @staticmethod
-    def forward(ctx, grad: Tensor, y: Tensor, slope: float) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(y)
+    def forward(ctx, grad: Tensor, x: Tensor, slope: float) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
         ctx.slope = slope
-        return torch.ops.aten.leaky_relu_backward(grad, y, slope, True)
+        return torch.ops.aten.leaky_relu_backward(grad, x, slope, False)
 
     @staticmethod
     def backward(ctx, gg: Tensor):  # type: ignore[override]
-        (y,) = ctx.saved_tensors
-        return _LeakyReLUGradient.apply(gg, y, ctx.slope), None, None
+        (x,) = ctx.saved_tensors
+        return _LeakyReLUGradient.apply(gg, x, ctx.slope), None, None
 
 
 class _LeakyReLU(torch.autograd.Function):
-    """``leaky_relu`` whose backward is :class:`_LeakyReLUGradient`."""
+    """``leaky_relu`` whose backward is :class:`_LeakyReLUGradient`. Like torch's, it keeps
+    its input (not its output) for the backward, so the output may be changed in place."""
 
     @staticmethod
     def forward(ctx, x: Tensor, slope: float) -> Tensor:  # type: ignore[override]
-        y = F.leaky_relu(x, slope)
-        ctx.save_for_backward(y)
+        ctx.save_for_backward(x)
         ctx.slope = slope
-        return y
+        return F.leaky_relu(x, slope)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        (y,) = ctx.saved_tensors
-        return _LeakyReLUGradient.apply(grad, y, ctx.slope), None
+        (x,) = ctx.saved_tensors
+        return _LeakyReLUGradient.apply(grad, x, ctx.slope), None
 
 
 class PenaltyLeakyReLU(nn.LeakyReLU):
-    """``nn.LeakyReLU`` (not in place) whose second derivative skips a zero term (see
-    :class:`_LeakyReLUGradient`): the same results, less work in a gradient penalty. Where
-    custom autograd functions do not apply (see :func:`_custom_autograd_applies`), for a
-    zero or negative slope and in place, it is ``nn.LeakyReLU`` itself."""
+    """``nn.LeakyReLU`` whose second derivative skips a zero term (see
+    :class:`_LeakyReLUGradient`): the same results, less work in a gradient penalty. In
+    place, and where custom autograd functions do not apply (see
+    :func:`_custom_autograd_applies`), it is ``nn.LeakyReLU`` itself."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.inplace and self.negative_slope > 0 and _custom_autograd_applies(x):
+        if not self.inplace and _custom_autograd_applies(x):
             return _LeakyReLU.apply(x, self.negative_slope)
         return super().forward(x)
 

@@ -336,7 +336,13 @@ def test_penalty_leaky_relu_is_leaky_relu_to_third_order():
     assert ours(x).grad_fn.name().endswith("_LeakyReLUBackward")
     with torch.no_grad():
         torch.testing.assert_close(ours(x), ref(x))
-    assert "_LeakyReLU" not in (PenaltyLeakyReLU(-0.5)(x).grad_fn.name())  # sign of the output is not the input's
+    for slope in (-0.5, 0.0):  # any slope, as torch's
+        (g,) = torch.autograd.grad(PenaltyLeakyReLU(slope)(x).sum(), x, create_graph=True)
+        torch.testing.assert_close(g, torch.autograd.grad(nn.LeakyReLU(slope)(x).sum(), x)[0])
+    out = ours(x * 1)
+    out.mul_(2)  # like torch's, it keeps its input: its output may change in place
+    (g,) = torch.autograd.grad(out.sum(), x)
+    torch.testing.assert_close(g, 2 * torch.where(x > 0, 1.0, 0.01).double())
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")  # inside torch's jvp
