@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -13,13 +10,8 @@ from .models import _capturing_graph, _conv3x3_to_one_channel, _one_output_chann
 
 STRIDES = (1, 2, 1, 2, 1, 1, 1, 2)
 
-#: Autograd passes (graph task ids) that want input gradients only: the gradient penalty's
-#: ``autograd.grad(score, images)``. Their convolutions skip the weight gradients.
-_INPUT_GRADIENT_TASKS: set[int] = set()
-#: the id of the autograd pass running in this thread (None: a torch without it, where
-#: the penalty's pass computes the weight gradients too)
-_current_task_id = getattr(torch._C, "_current_graph_task_id", None)
-#: whether the running backward pass will execute an autograd node (None: a torch without it)
+#: whether the running backward pass will execute an autograd node (None: a torch without
+#: it, where custom functions compute every gradient their inputs require)
 _will_execute = getattr(torch._C, "_will_engine_execute_node", None)
 
 
@@ -37,51 +29,30 @@ def _custom_autograd_applies(x: Tensor, *params: Tensor | None) -> bool:
     )
 
 
-def _gradients_wanted(ctx, tensors: int) -> list[bool]:
-    """Which inputs of a custom autograd function this backward pass needs gradients for:
-    those that required grad, less those whose gradients the running pass will not use
-    (``backward(inputs=...)`` naming only the parameters, say: then the gradient of a leaf
-    input such as the penalty's interpolated images is not computed). Only the first
-    ``tensors`` arguments are checked (they must always be tensors: autograd lists the
-    tensor arguments alone). Where autograd cannot tell (a leaf inside ``autograd.grad``),
-    the gradient is computed."""
+def _tensor_positions(*args: object) -> tuple[int, ...]:
+    """The positions of the tensor arguments of a custom function's ``forward`` (autograd
+    lists its ``next_functions`` for those alone)."""
+    return tuple(i for i, arg in enumerate(args) if isinstance(arg, Tensor))
+
+
+def _gradients_wanted(ctx) -> list[bool]:
+    """Which inputs of a custom autograd function the running backward pass needs
+    gradients for: those that require grad and whose gradients the pass will use. The
+    gradient penalty's ``autograd.grad(score, images)`` uses no weight's gradient, and a
+    ``backward(inputs=parameters)`` no gradient of a leaf input such as the penalty's
+    interpolated images: torch's own convolutions skip those, and so do the custom ones.
+    An input ``autograd.grad`` was asked for gets its gradient. ``ctx.tensor_args`` holds
+    :func:`_tensor_positions` of the forward's arguments."""
     wanted = list(ctx.needs_input_grad)
     if _will_execute is None:
         return wanted
-    for i, (node, _) in enumerate(ctx.next_functions[:tensors]):
-        if wanted[i] and node is not None:
+    for position, (node, _) in zip(ctx.tensor_args, ctx.next_functions):
+        if wanted[position] and node is not None:
             try:
-                wanted[i] = bool(_will_execute(node))
-            except RuntimeError:  # a leaf's node while autograd.grad runs: unknown
+                wanted[position] = bool(_will_execute(node))
+            except RuntimeError:  # an input that autograd.grad was asked for (a leaf)
                 pass
     return wanted
-
-
-def _in_input_gradient_pass() -> bool:
-    return _current_task_id is not None and bool(_INPUT_GRADIENT_TASKS) and _current_task_id() in _INPUT_GRADIENT_TASKS
-
-
-@contextmanager
-def _input_gradients_only(output: Tensor) -> Iterator[None]:
-    """Mark the backward passes started from ``output`` inside this block as wanting the
-    gradient of their inputs only (not of any weight): the convolutions of a
-    :class:`PenaltyConv2d` then skip their weight gradients, as torch's own do when autograd
-    tells them. The pass is identified from inside it (a hook on ``output``), so other
-    threads' backward passes are not affected."""
-    tasks: list[int] = []
-
-    def note_task(grad: Tensor) -> None:
-        if _current_task_id is not None:
-            tasks.append(_current_task_id())
-            _INPUT_GRADIENT_TASKS.add(tasks[-1])
-
-    handle = output.register_hook(note_task) if output.requires_grad else None
-    try:
-        yield
-    finally:
-        if handle is not None:
-            handle.remove()
-        _INPUT_GRADIENT_TASKS.difference_update(tasks)
 
 
 def _conv_backward(
@@ -92,11 +63,11 @@ def _conv_backward(
     from one channel (a grey image's first layer) is a convolution to one channel, which
     :func:`~synthsets.models._conv3x3_to_one_channel` computes faster on a CPU."""
     input_grad = None
-    flipped = weight.transpose(0, 1).flip(2, 3)  # conv_transpose2d(g, w) == conv2d(g, flipped), stride 1
-    if mask[0] and x.shape[1] == 1 and _one_output_channel_applies(grad_out, flipped, stride, padding, (1, 1), 1):
-        with torch.no_grad():
-            input_grad = _conv3x3_to_one_channel(grad_out, flipped, None)
-        mask = [False, mask[1], mask[2]]
+    if mask[0] and x.shape[1] == 1:
+        flipped = weight.transpose(0, 1).flip(2, 3)  # conv_transpose2d(g, w) == conv2d(g, flipped), stride 1
+        if _one_output_channel_applies(grad_out, flipped, stride, padding, (1, 1), 1):
+            input_grad = _conv3x3_to_one_channel(grad_out, flipped, None)  # differentiable: any order
+            mask = [False, mask[1], mask[2]]
     if not any(mask):
         return input_grad, None, None
     bias_sizes = [weight.shape[0]] if has_bias else None
@@ -126,13 +97,14 @@ class _ConvGradients(torch.autograd.Function):
         ctx.save_for_backward(grad_out, x, weight)
         ctx.set_materialize_grads(False)  # unused outputs stay None: no work on zeros
         ctx.conv = (stride, padding)
+        ctx.tensor_args = _tensor_positions(grad_out, x, weight)
         return _conv_backward(grad_out, x, weight, stride, padding, mask, has_bias)
 
     @staticmethod
     def backward(ctx, gg_input: Tensor | None, gg_weight: Tensor | None, gg_bias: Tensor | None):  # type: ignore[override]
         grad_out, x, weight = ctx.saved_tensors
         stride, padding = ctx.conv
-        need_grad_out, need_x, need_weight = ctx.needs_input_grad[:3]
+        need_grad_out, need_x, need_weight = _gradients_wanted(ctx)[:3]
         d_grad_out = d_x = d_weight = None
         if need_grad_out:
             terms = []
@@ -159,15 +131,14 @@ class _PenaltyConv(torch.autograd.Function):
                 stride: list[int], padding: list[int]) -> Tensor:
         ctx.save_for_backward(x, weight)
         ctx.conv = (stride, padding, bias is not None)
+        ctx.tensor_args = _tensor_positions(x, weight, bias)
         return F.conv2d(x, weight, bias, stride, padding)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
         x, weight = ctx.saved_tensors
         stride, padding, has_bias = ctx.conv
-        mask = _gradients_wanted(ctx, tensors=2)[:3]  # x and weight; bias may be None
-        if _in_input_gradient_pass():
-            mask[1] = mask[2] = False
+        mask = _gradients_wanted(ctx)[:3]  # the penalty's own pass: the input's only
         return (*_ConvGradients.apply(grad_out, x, weight, has_bias, stride, padding, mask), None, None)
 
 
@@ -180,7 +151,8 @@ class PenaltyConv2d(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         if (
-            self.groups == 1
+            not _capturing_graph()  # first: no shape checks on a traced value
+            and self.groups == 1
             and self.padding_mode == "zeros"
             and not isinstance(self.padding, str)
             and tuple(self.dilation) == (1, 1)
@@ -274,6 +246,7 @@ class _LayerNormGradients(torch.autograd.Function):
         ctx.save_for_backward(grad_out, x, weight, mean, rstd)
         ctx.set_materialize_grads(False)  # unused outputs stay None: no work on zeros
         ctx.eps = eps
+        ctx.tensor_args = _tensor_positions(grad_out, x, weight, mean, rstd)
         d_x, d_weight, _ = torch.ops.aten.native_layer_norm_backward(
             grad_out, x, [x.shape[1]], mean, rstd, weight, None, [mask[0], mask[1] and weight is not None, False]
         )
@@ -286,7 +259,7 @@ class _LayerNormGradients(torch.autograd.Function):
             mean = x.mean(1, keepdim=True)
             rstd = torch.rsqrt(x.var(1, correction=0, keepdim=True) + ctx.eps)
         grads = _layer_norm_second_order(
-            grad_out, x, weight, mean, rstd, gg_x, gg_weight, gg_bias, tuple(ctx.needs_input_grad[:3])
+            grad_out, x, weight, mean, rstd, gg_x, gg_weight, gg_bias, tuple(_gradients_wanted(ctx)[:3])
         )
         return (*grads, None, None, None, None, None)
 
@@ -300,14 +273,13 @@ class _RowLayerNorm(torch.autograd.Function):
         out, mean, rstd = torch.native_layer_norm(x, [x.shape[1]], weight, bias, eps)
         ctx.save_for_backward(x, weight, mean, rstd)
         ctx.eps, ctx.has_bias = eps, bias is not None
+        ctx.tensor_args = _tensor_positions(x, weight, bias)
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
         x, weight, mean, rstd = ctx.saved_tensors
-        mask = list(ctx.needs_input_grad[:3])
-        if _in_input_gradient_pass():
-            mask[1] = mask[2] = False
+        mask = _gradients_wanted(ctx)[:3]  # the penalty's own pass: the input's only
         return (*_LayerNormGradients.apply(grad_out, x, weight, mean, rstd, ctx.eps, ctx.has_bias, mask), None)
 
 
@@ -329,6 +301,8 @@ class SampleLayerNorm(nn.LayerNorm):
     layout_agnostic = True  # synthsets.preferred_memory_format may pick channels_last
 
     def forward(self, x: Tensor) -> Tensor:
+        if _capturing_graph():  # torch's own layer norm for a traced, compiled or exported model
+            return super().forward(x)
         channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
         shape, weight, bias = tuple(self.normalized_shape), self.weight, self.bias
         if channels_last and len(shape) == 3:
@@ -434,6 +408,6 @@ def gradient_penalty(critic: nn.Module, real: Tensor, fake: Tensor, generator: t
     alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device, generator=generator)
     mixed = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
     score, _ = critic(mixed)
-    with _input_gradients_only(score):  # no weight gradients in this pass (PenaltyConv2d)
-        (grad,) = torch.autograd.grad(score.sum(), mixed, create_graph=True)
+    # this pass computes no weight gradient (see _gradients_wanted), as torch's layers do
+    (grad,) = torch.autograd.grad(score.sum(), mixed, create_graph=True)
     return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()

@@ -101,25 +101,29 @@ class GeneratorConfig:
 
 def _bias_added_after(layer: nn.Module, x: Tensor) -> bool:
     """Whether ``layer`` should add its bias after the convolution rather than inside it:
-    on a CPU, when the bias is being trained. oneDNN computes a convolution's bias gradient
-    slowly there (10 ms for a 64-channel 28x28 batch of 64, against 0.1 ms for the sum it
-    is); added afterwards, autograd computes it as that sum."""
+    on a CPU, for a batch (4-D input), when the bias is being trained (not traced,
+    compiled, transformed or under autocast). oneDNN computes a convolution's bias gradient
+    slowly there (10 ms on its own for the generator's last transposed convolution at batch
+    64, 64 channels, 28x28, against 0.1 ms for the sum it is); added afterwards, autograd
+    computes it as that sum. A generator's training step is 5-8% faster (widths 32-196)."""
     return (
-        layer.bias is not None
+        not _capturing_graph()
+        and not _transformed()
+        and layer.bias is not None
         and x.device.type == "cpu"
+        and x.dim() == 4
         and layer.bias.requires_grad
         and torch.is_grad_enabled()
         and not torch.is_autocast_enabled("cpu")
-        and not _capturing_graph()
-        and not _transformed()
     )
 
 
 class _CpuFastConv2d(nn.Conv2d):
-    """``nn.Conv2d`` (same parameters, same sums) with two CPU fast paths: to one output
-    channel (a grey image) the convolution is a matrix product and shifted sums
-    (:func:`~synthsets.models._conv3x3_to_one_channel`); otherwise, while it trains, the bias
-    is added after the convolution (see :func:`_bias_added_after`)."""
+    """``nn.Conv2d`` (same parameters, same sums) with two CPU fast paths: a 3x3, stride-1,
+    padding-1 convolution from 16 or more channels to one (a grey image) is a matrix product
+    and shifted sums (see :func:`~synthsets.models._one_output_channel_applies`); otherwise,
+    while it trains, the bias is added after the convolution (see
+    :func:`_bias_added_after`). Elsewhere it is ``nn.Conv2d`` itself."""
 
     def forward(self, x: Tensor) -> Tensor:
         if self.padding_mode == "zeros" and _one_output_channel_applies(

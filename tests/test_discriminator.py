@@ -8,7 +8,6 @@ from torch import nn
 
 from synthsets import preferred_memory_format
 from synthsets.discriminator import (
-    _INPUT_GRADIENT_TASKS,
     Discriminator,
     PenaltyConv2d,
     PenaltyLeakyReLU,
@@ -240,7 +239,7 @@ def test_gradient_penalty_skips_weight_gradients_only_in_its_own_pass():
     D = Discriminator(10, 1, 28, width=4).double()
     x = torch.randn(2, 1, 28, 28, dtype=torch.double)
     gp = gradient_penalty(D, x, x.flip(0))
-    assert torch.isfinite(gp) and _INPUT_GRADIENT_TASKS == set()  # nothing left marked
+    assert torch.isfinite(gp)
     score, _ = D(x)
     conv = D.features[0]
     (gw,) = torch.autograd.grad(score.sum(), conv.weight, create_graph=True)
@@ -262,10 +261,10 @@ def test_discriminator_penalty_equals_stock_layers(channels, size, device, monke
     nn.LayerNorm and nn.LeakyReLU layers. The penalty's own pass asked the convolutions and
     norms for no weight gradient, and a backward pass for the parameters only (as the
     distillation's D step runs it) asked the first convolution for no gradient of the
-    interpolated images. Width 8: grey images take the one-channel input-gradient path."""
+    interpolated images. Width 16: grey images take the one-channel input-gradient path."""
     torch.manual_seed(0)
-    D = Discriminator(10, channels, size, width=8).double().to(device)
-    reference = Discriminator(10, channels, size, width=8).double().to(device)
+    D = Discriminator(10, channels, size, width=16).double().to(device)
+    reference = Discriminator(10, channels, size, width=16).double().to(device)
     reference.load_state_dict(D.state_dict())
     stock = {PenaltyConv2d: nn.Conv2d, SampleLayerNorm: nn.LayerNorm, PenaltyLeakyReLU: nn.LeakyReLU}
     for m in reference.modules():
@@ -305,11 +304,11 @@ def test_one_channel_input_gradient_is_torchs(layout):
     torch's, alone or with the weight and bias gradients."""
     torch.manual_seed(0)
     x = torch.randn(3, 1, 9, 8, dtype=torch.double).to(memory_format=layout)
-    w = torch.randn(8, 1, 3, 3, dtype=torch.double).to(memory_format=layout)
-    g = torch.randn(3, 8, 9, 8, dtype=torch.double).to(memory_format=layout)
+    w = torch.randn(16, 1, 3, 3, dtype=torch.double).to(memory_format=layout)
+    g = torch.randn(3, 16, 9, 8, dtype=torch.double).to(memory_format=layout)
     for mask in ([True, False, False], [True, True, True], [False, True, False]):
         ours = _conv_backward(g, x, w, [1, 1], [1, 1], mask, has_bias=True)
-        ref = torch.ops.aten.convolution_backward(g, x, w, [8], [1, 1], [1, 1], [1, 1], False, [0, 0], 1, mask)
+        ref = torch.ops.aten.convolution_backward(g, x, w, [16], [1, 1], [1, 1], [1, 1], False, [0, 0], 1, mask)
         for a, b in zip(ours, ref):
             assert (a is None) == (b is None)
             if a is not None:
@@ -388,3 +387,66 @@ def test_discriminator_matches_the_reference_layout():
     assert [tuple(m.normalized_shape) for m in D.features if isinstance(m, nn.LayerNorm)][:2] == [(8, 32, 32), (8, 16, 16)]
     score, logits = D(torch.randn(2, 3, 32, 32))
     assert score.shape == (2,) and logits.shape == (2, 10)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_convolution_computes_the_gradients_the_pass_uses(bias, monkeypatch):
+    """PenaltyConv2d asks autograd which of its inputs' gradients the running pass uses,
+    as torch's convolution does: autograd.grad for the input skips the weight (and bias),
+    backward(inputs=[weight]) skips a leaf input, a plain backward computes everything,
+    and autograd.grad for [input, bias] computes those two. With or without a bias (whose
+    absence shifts autograd's list of inputs)."""
+    masks = []
+    original = _ConvGradients.forward
+    monkeypatch.setattr(_ConvGradients, "forward", staticmethod(lambda ctx, *a: masks.append(a[-1]) or original(ctx, *a)))
+    torch.manual_seed(0)
+    conv = PenaltyConv2d(3, 4, 3, 1, 1, bias=bias).double()
+    x = torch.randn(2, 3, 5, 5, dtype=torch.double, requires_grad=True)
+    full = [True, True, bias]
+
+    def mask_of(run):
+        masks.clear()
+        run(conv(x).square().sum())
+        (mask,) = masks
+        return mask
+
+    assert mask_of(lambda y: torch.autograd.grad(y, x)) == [True, False, False]
+    assert mask_of(lambda y: y.backward(inputs=[conv.weight])) == [False, True, False]
+    assert mask_of(lambda y: y.backward()) == full
+    if bias:
+        assert mask_of(lambda y: torch.autograd.grad(y, [x, conv.bias])) == [True, False, True]
+        assert mask_of(lambda y: y.backward(inputs=[conv.bias])) == [False, False, True]
+
+
+def test_one_channel_first_layer_is_right_to_the_third_order():
+    """The input gradient of a convolution from one channel (shifted sums on a CPU) stays
+    differentiable: third derivatives through it are torch's."""
+    torch.manual_seed(0)
+    conv = PenaltyConv2d(1, 16, 3, 1, 1).double()
+    reference = nn.Conv2d(1, 16, 3, 1, 1).double()
+    reference.load_state_dict(conv.state_dict())
+    a = torch.randn(2, 1, 5, 4, dtype=torch.double, requires_grad=True)
+    results = []
+    for layer in (conv, reference):
+        (gw,) = torch.autograd.grad(layer(a).pow(2).sum(), layer.weight, create_graph=True)
+        (gx,) = torch.autograd.grad(gw.pow(2).sum(), a, create_graph=True)
+        (h,) = torch.autograd.grad(gx.sin().sum(), a)
+        results.append((gw, gx, h))
+    for ours, theirs in zip(*results):
+        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
+
+
+def test_discriminator_and_generator_trace_with_torch_fx():
+    """torch.fx sees torch's own layers (no shape checks on traced values)."""
+    from synthsets.generator import Generator, fold_batchnorm
+
+    torch.manual_seed(0)
+    D = Discriminator(4, 1, 28, 16).double().to(memory_format=CL)
+    x = torch.randn(2, 1, 28, 28, dtype=torch.double)
+    traced = torch.fx.symbolic_trace(D)
+    for a, b in zip(traced(x), D(x)):
+        torch.testing.assert_close(a, b)
+    G = Generator(num_classes=4, channels=1, image_size=28, width=16).double().eval()
+    h = torch.randn(2, 16, 4, 4, dtype=torch.double)
+    for body in (G.body, fold_batchnorm(G).body):
+        torch.testing.assert_close(torch.fx.symbolic_trace(body)(h), body(h))

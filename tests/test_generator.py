@@ -404,7 +404,7 @@ def test_generator_cpu_fast_convolutions_are_torch_convolutions(channels, size):
     from synthsets.generator import _CpuFastConv2d, _CpuFastConvTranspose2d
 
     torch.manual_seed(0)
-    G = Generator(num_classes=4, channels=channels, image_size=size, width=8).double()
+    G = Generator(num_classes=4, channels=channels, image_size=size, width=16).double()  # 16: the grey path
     reference = copy.deepcopy(G)
     for m in reference.modules():
         if type(m) in (_CpuFastConv2d, _CpuFastConvTranspose2d):
@@ -437,3 +437,9 @@ def test_fast_transposed_convolution_keeps_output_size_and_stock_paths():
     stock = nn.Conv2d(8, 1, 3, 1, 1, padding_mode="reflect").double()
     stock.load_state_dict(conv.state_dict())
     torch.testing.assert_close(conv(x), stock(x))
+    # unbatched (3-D) input while training: torch's own path, as nn.Conv2d
+    for fast, plain in ((_CpuFastConv2d(8, 6, 3, 1, 1), nn.Conv2d(8, 6, 3, 1, 1)),
+                        (_CpuFastConvTranspose2d(8, 6, 4, 2, 1), nn.ConvTranspose2d(8, 6, 4, 2, 1))):
+        plain.load_state_dict(fast.state_dict())
+        single = torch.randn(8, 5, 5)
+        torch.testing.assert_close(fast(single), plain(single))

@@ -328,8 +328,8 @@ def test_conv3x3_to_one_channel_is_conv2d(layout, bias):
     from synthsets.models import _conv3x3_to_one_channel
 
     torch.manual_seed(0)
-    x = torch.randn(3, 8, 7, 6, dtype=torch.double).to(memory_format=layout).requires_grad_()
-    w = torch.randn(1, 8, 3, 3, dtype=torch.double, requires_grad=True)
+    x = torch.randn(3, 16, 7, 6, dtype=torch.double).to(memory_format=layout).requires_grad_()
+    w = torch.randn(1, 16, 3, 3, dtype=torch.double, requires_grad=True)
     b = torch.randn(1, dtype=torch.double, requires_grad=True) if bias else None
     out, ref = _conv3x3_to_one_channel(x, w, b), nn.functional.conv2d(x, w, b, padding=1)
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
@@ -343,20 +343,26 @@ def test_conv3x3_to_one_channel_is_conv2d(layout, bias):
     fn = (lambda a, c, d: _conv3x3_to_one_channel(a, c, d)) if bias else (lambda a, c: _conv3x3_to_one_channel(a, c, None))
     assert torch.autograd.gradcheck(fn, small)
     assert torch.autograd.gradgradcheck(fn, small)
+    # float32: rounding only
+    x32, w32 = x.detach().float(), w.detach().float()
+    b32 = b.detach().float() if bias else None
+    torch.testing.assert_close(_conv3x3_to_one_channel(x32, w32, b32), nn.functional.conv2d(x32, w32, b32, padding=1),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_one_output_channel_path_applies_only_where_it_is_exact_and_faster():
     from synthsets.models import _one_output_channel_applies as applies
 
-    x, w = torch.randn(2, 8, 6, 6), torch.randn(1, 8, 3, 3)
+    x, w = torch.randn(2, 16, 6, 6), torch.randn(1, 16, 3, 3)
     assert applies(x, w, (1, 1), (1, 1), (1, 1), 1)
-    assert not applies(x, torch.randn(2, 8, 3, 3), (1, 1), (1, 1), (1, 1), 1)  # two output channels
-    assert not applies(x[:, :4], w[:, :4], (1, 1), (1, 1), (1, 1), 1)  # few input channels: oneDNN is faster
+    assert not applies(x, torch.randn(2, 16, 3, 3), (1, 1), (1, 1), (1, 1), 1)  # two output channels
+    assert not applies(x[:, :8], w[:, :8], (1, 1), (1, 1), (1, 1), 1)  # few input channels: oneDNN is faster
+    assert not applies(x[0], w, (1, 1), (1, 1), (1, 1), 1)  # unbatched
     assert not applies(x, w, (2, 2), (1, 1), (1, 1), 1)
     assert not applies(x, w, (1, 1), (0, 0), (1, 1), 1)
     assert not applies(x, w, (1, 1), "same", (1, 1), 1)
     assert not applies(x, w, (1, 1), (1, 1), (2, 2), 1)
-    assert not applies(x, torch.randn(1, 8, 5, 5), (1, 1), (2, 2), (1, 1), 1)
+    assert not applies(x, torch.randn(1, 16, 5, 5), (1, 1), (2, 2), (1, 1), 1)
     assert not applies(x.half(), w.half(), (1, 1), (1, 1), (1, 1), 1)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not applies(x, w, (1, 1), (1, 1), (1, 1), 1)
