@@ -123,29 +123,54 @@ class _CpuFastConv2d(nn.Conv2d):
     padding-1 convolution from 16 or more channels to one (a grey image) is a matrix product
     and shifted sums (see :func:`~synthsets.models._one_output_channel_applies`); otherwise,
     while it trains, the bias is added after the convolution (see
-    :func:`_bias_added_after`). Elsewhere it is ``nn.Conv2d`` itself."""
+    :func:`_bias_added_after`). Elsewhere, and in TorchScript, it is ``nn.Conv2d`` itself."""
 
     def forward(self, x: Tensor) -> Tensor:
+        if not torch.jit.is_scripting():
+            out = self._cpu_fast_forward(x)
+            if out is not None:
+                return out
+        return self._conv_forward(x, self.weight, self.bias)  # nn.Conv2d's (TorchScript has no super())
+
+    @torch.jit.unused
+    def _cpu_fast_forward(self, x: Tensor) -> Tensor | None:
         if self.padding_mode == "zeros" and _one_output_channel_applies(
             x, self.weight, self.stride, self.padding, self.dilation, self.groups
         ):
             return _conv3x3_to_one_channel(x, self.weight, self.bias)
         if _bias_added_after(self, x):
             return self._conv_forward(x, self.weight, None).add_(self.bias.view(1, -1, 1, 1))
-        return super().forward(x)
+        return None
 
 
 class _CpuFastConvTranspose2d(nn.ConvTranspose2d):
     """``nn.ConvTranspose2d`` (same parameters) whose bias is added after the convolution
-    while it trains on a CPU (see :func:`_bias_added_after`)."""
+    while it trains on a CPU (see :func:`_bias_added_after`). Elsewhere, and in TorchScript,
+    it is ``nn.ConvTranspose2d`` itself."""
 
     def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
-        if output_size is None and self.padding_mode == "zeros" and _bias_added_after(self, x):
+        if not torch.jit.is_scripting() and output_size is None:
+            out = self._cpu_fast_forward(x)
+            if out is not None:
+                return out
+        # nn.ConvTranspose2d's own forward (TorchScript has no super())
+        if self.padding_mode != "zeros":
+            raise ValueError("Only `zeros` padding mode is supported for ConvTranspose2d")
+        output_padding = self._output_padding(
+            x, output_size, self.stride, self.padding, self.kernel_size, 2, self.dilation  # type: ignore[arg-type]
+        )
+        return F.conv_transpose2d(
+            x, self.weight, self.bias, self.stride, self.padding, output_padding, self.groups, self.dilation
+        )
+
+    @torch.jit.unused
+    def _cpu_fast_forward(self, x: Tensor) -> Tensor | None:
+        if self.padding_mode == "zeros" and _bias_added_after(self, x):
             out = F.conv_transpose2d(
                 x, self.weight, None, self.stride, self.padding, self.output_padding, self.groups, self.dilation
             )
             return out.add_(self.bias.view(1, -1, 1, 1))
-        return super().forward(x, output_size)
+        return None
 
 
 def _block(conv: nn.Module, width: int) -> list[nn.Module]:

@@ -395,13 +395,18 @@ def test_save_pretrained_takes_floating_dtypes_only(tmp_path):
 
 
 @pytest.mark.parametrize("channels,size", [(1, 28), (3, 32)])
-def test_generator_cpu_fast_convolutions_are_torch_convolutions(channels, size):
+def test_generator_cpu_fast_convolutions_are_torch_convolutions(channels, size, monkeypatch):
     """The generator's convolutions (bias added after the convolution while training on a
     CPU; the grey image's last layer as a matrix product and shifted sums) give torch's
     images and gradients, in training and in eval mode, in either layout."""
     import copy
 
+    import synthsets.generator as generator_module
     from synthsets.generator import _CpuFastConv2d, _CpuFastConvTranspose2d
+
+    grey_calls = []
+    original = generator_module._conv3x3_to_one_channel
+    monkeypatch.setattr(generator_module, "_conv3x3_to_one_channel", lambda *a: grey_calls.append(1) or original(*a))
 
     torch.manual_seed(0)
     G = Generator(num_classes=4, channels=channels, image_size=size, width=16).double()  # 16: the grey path
@@ -421,6 +426,24 @@ def test_generator_cpu_fast_convolutions_are_torch_convolutions(channels, size):
             results.append([out.detach(), images] + [p.grad for p in model.parameters()])
         for a, b in zip(*results):  # biases before a BatchNorm get rounding noise only (~1e-12)
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    assert len(grey_calls) == (4 if channels == 1 else 0)  # train and eval, two layouts
+
+
+def test_generator_body_scripts_and_traces_to_the_same_images():
+    """TorchScript and torch.fx compile the generator's layers as torch's own."""
+    import warnings
+
+    from synthsets.generator import fold_batchnorm
+
+    torch.manual_seed(0)
+    G = Generator(num_classes=4, channels=1, image_size=28, width=16).double().eval()
+    h = torch.randn(2, 16, 4, 4, dtype=torch.double)
+    for body in (G.body, fold_batchnorm(G).body):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script is deprecated
+            scripted = torch.jit.script(body)
+        torch.testing.assert_close(scripted(h), body(h))
+        torch.testing.assert_close(torch.fx.symbolic_trace(body)(h), body(h))
 
 
 def test_fast_transposed_convolution_keeps_output_size_and_stock_paths():
