@@ -43,7 +43,9 @@ Only ``random-real`` differs there, as its fixed subset holds INPC images per cl
 may differ), and refuses otherwise; without ``--resume``, an output folder that already
 holds results is refused. Every ``--shard`` writes its results file, an empty one if the
 shard had no jobs, so ``merge`` takes every shard's folder; ``merge`` refuses results made
-with different settings (compared as ``--resume`` compares them).
+with different settings (compared as ``--resume`` compares them). Under torchrun, rank 0
+ends by writing every rank's results to ``results.json``, so a folder holding an unsharded
+run's ``results.json`` is refused.
 """
 
 from __future__ import annotations
@@ -1411,6 +1413,26 @@ def _do_merge(paths: Sequence[str], out: str | None, update_card: bool = False) 
     return 0
 
 
+def _unsharded_results_problem(out: Path) -> str | None:
+    """Why a torchrun evaluation may not write into ``out``: its rank 0 ends by writing the
+    ranks' merged results to ``out/results.json``, which would replace the results of an
+    unsharded run held there (a ``results.json`` with no ``results.rank*.json`` beside it)."""
+    merged = out / "results.json"
+    if not merged.is_file() or any(out.glob("results.rank*.json")):
+        return None
+    try:
+        held = read_results([merged])
+    except ValueError:  # not a results file: the run's own checks report it
+        return None
+    if not held:
+        return None
+    return (
+        f"{out} holds the results of an unsharded run ({merged}: {len(held)} run{'s' * (len(held) != 1)}), which this torchrun "
+        f"evaluation would replace with its ranks' results; choose another --out, and combine both afterwards "
+        f"with: python -m synthsets.evaluate merge {out} NEW_OUT --out COMBINED"
+    )
+
+
 def _shard_folders(out: Path, shard: tuple[int, int]) -> list[str]:
     """The --out folders to merge, as far as this shard can tell: ``out`` alone when it holds
     every shard's file; ``ev0 ev1...`` when ``out`` ends in ``i`` (``ev1``, ``ev01``) and a
@@ -1502,8 +1524,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, WeightsError) as err:  # WeightsError: corrupt or mismatched files
         print(f"error: {err}", file=sys.stderr)
         return 2
-    joined = _init_distributed(world) if torchrun else False
     out = Path(args.out) if args.out else None
+    if torchrun and out is not None:
+        problem = _unsharded_results_problem(out)
+        if problem is not None:  # every rank reads the same folder, so every rank stops here
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
+    joined = _init_distributed(world) if torchrun else False
     if out is None and rank == 0:
         print("no --out: the results will not be saved, only printed at the end; pass --out DIR to save them "
               "(and to allow --resume)", file=sys.stderr)

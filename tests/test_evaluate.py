@@ -1015,3 +1015,35 @@ def test_a_generator_from_an_image_folder_needs_its_data_named(tmp_path):
     with pytest.raises(ValueError, match=r"was distilled from 'my-folder', which is neither a torchvision dataset name "
                                          r"nor a folder here .*pass --data \(data=\) with the path of that image folder"):
         evaluate([generator], inpc=[1], runs=1, epochs=1, progress=False)
+
+
+def test_torchrun_refuses_a_folder_with_an_unsharded_runs_results(tmp_path, capsys, monkeypatch, real):
+    """A torchrun evaluation ends with rank 0 writing the ranks' merged results.json: into a
+    folder that holds an unsharded run's results.json it would replace them, so every rank
+    refuses before starting (and before joining the process group)."""
+    import synthsets.evaluate as evaluate_mod
+    from synthsets.evaluate import _unsharded_results_problem
+
+    monkeypatch.setattr(evaluate_mod, "load_real", lambda *a, **kw: real)
+    out = tmp_path / "ev"
+    args = ["--baselines", "random-real", "--data", "toy", "--inpc", "1", "--runs", "1", "--epochs", "1",
+            "--batch-size", "16", "--device", "cpu", "--no-progress", "--out", str(out)]
+    assert main(args) == 0  # unsharded
+    before = (out / "results.json").read_text()
+    capsys.readouterr()
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(evaluate_mod, "_init_distributed", lambda world: pytest.fail("must refuse before joining"))
+    assert main(args) == 2
+    assert _one_error_line(capsys.readouterr().err) == (
+        f"error: {out} holds the results of an unsharded run ({out / 'results.json'}: 1 run), which this torchrun "
+        f"evaluation would replace with its ranks' results; choose another --out, and combine both afterwards "
+        f"with: python -m synthsets.evaluate merge {out} NEW_OUT --out COMBINED"
+    )
+    assert (out / "results.json").read_text() == before
+    # a results.json merged from rank files, an empty folder and a missing one are no obstacle
+    (out / "results.rank0.json").write_text(before)
+    assert _unsharded_results_problem(out) is None
+    assert _unsharded_results_problem(tmp_path / "new") is None
+    (tmp_path / "empty").mkdir()
+    assert _unsharded_results_problem(tmp_path / "empty") is None
