@@ -6,27 +6,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .models import _capturing_graph, _conv3x3_to_one_channel, _one_output_channel_applies, _transformed
+from .models import _capturing_graph, _conv3x3_to_one_channel, _custom_autograd_applies, _one_output_channel_applies
 
 STRIDES = (1, 2, 1, 2, 1, 1, 1, 2)
 
 #: whether the running backward pass will execute an autograd node (None: a torch without
 #: it, where custom functions compute every gradient their inputs require)
 _will_execute = getattr(torch._C, "_will_engine_execute_node", None)
-
-
-def _custom_autograd_applies(x: Tensor, *params: Tensor | None) -> bool:
-    """Whether plain autograd records this call, so a custom autograd function may stand in
-    for torch's op: grad mode on, something requires grad, and no tracing, compiling,
-    ``torch.func`` transform, forward-mode AD or autocast (whose backward would see mixed
-    dtypes)."""
-    return (
-        torch.is_grad_enabled()
-        and not _capturing_graph()
-        and not _transformed()
-        and (x.requires_grad or any(p is not None and p.requires_grad for p in params))
-        and not torch.is_autocast_enabled(x.device.type)
-    )
 
 
 def _tensor_positions(*args: object) -> tuple[int, ...]:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import hub
-from .models import _capturing_graph, _conv3x3_to_one_channel, _one_output_channel_applies, _transformed
+from .models import _conv3x3_to_one_channel, _custom_autograd_applies, _one_output_channel_applies
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -101,20 +101,18 @@ class GeneratorConfig:
 
 def _bias_added_after(layer: nn.Module, x: Tensor) -> bool:
     """Whether ``layer`` should add its bias after the convolution rather than inside it:
-    on a CPU, for a batch (4-D input), when the bias is being trained (not traced,
-    compiled, transformed or under autocast). oneDNN computes a convolution's bias gradient
-    slowly there (10 ms on its own for the generator's last transposed convolution at batch
-    64, 64 channels, 28x28, against 0.1 ms for the sum it is); added afterwards, autograd
-    computes it as that sum. A generator's training step is 5-8% faster (widths 32-196)."""
+    on a CPU, for a batch (4-D input), when the bias is being trained and autograd records
+    the call plainly (see :func:`~synthsets.models._custom_autograd_applies`). oneDNN
+    computes a convolution's bias gradient slowly there (10 ms on its own for the
+    generator's last transposed convolution at batch 64, 64 channels, 28x28, against 0.1 ms
+    for the sum it is); added afterwards, autograd computes it as that sum. A generator's
+    training step is 5-8% faster (widths 32-196)."""
     return (
-        not _capturing_graph()
-        and not _transformed()
+        _custom_autograd_applies(x, layer.bias)  # first: no checks on traced values (x, and fx's parameters)
         and layer.bias is not None
+        and layer.bias.requires_grad
         and x.device.type == "cpu"
         and x.dim() == 4
-        and layer.bias.requires_grad
-        and torch.is_grad_enabled()
-        and not torch.is_autocast_enabled("cpu")
     )
 
 

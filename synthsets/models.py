@@ -121,6 +121,20 @@ def _transformed() -> bool:
     return bool(active()) or getattr(forward_ad, "_current_level", -1) >= 0
 
 
+def _custom_autograd_applies(x: torch.Tensor, *params: torch.Tensor | None) -> bool:
+    """Whether plain autograd records this call, so a custom autograd function may stand in
+    for torch's op: grad mode on, something requires grad, and no tracing, compiling,
+    ``torch.func`` transform, forward-mode AD or autocast (whose backward would see mixed
+    dtypes)."""
+    return (
+        torch.is_grad_enabled()
+        and not _capturing_graph()
+        and not _transformed()
+        and (x.requires_grad or any(p is not None and p.requires_grad for p in params))
+        and not torch.is_autocast_enabled(x.device.type)
+    )
+
+
 class AvgPool2x2(nn.AvgPool2d):
     """``nn.AvgPool2d(2, 2)``, faster on CPU for NCHW activations (see
     :class:`_AvgPool2x2Cpu`). On other devices, in channels_last (where torch's own CPU
@@ -153,11 +167,11 @@ class AvgPool2x2(nn.AvgPool2d):
 _TAPS = [(k // 3 - 1, k % 3 - 1) for k in range(9)]
 
 
-def _shift_sum(taps: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+def _shift_sum(taps: torch.Tensor) -> torch.Tensor:
     """``(N, 9, H, W) -> (N, 1, H, W)``: ``out[q] = sum_k taps[k][q - s_k]``, each tap plane
     moved by its offset ``s_k`` (zeros enter at the border) and summed."""
     n, _, h, w = taps.shape
-    out = taps[:, 4:5].clone() if out is None else out.copy_(taps[:, 4:5])
+    out = taps[:, 4:5].clone()
     for k, (dh, dw) in enumerate(_TAPS):
         if k != 4:
             h0, h1, w0, w1 = max(dh, 0), h + min(dh, 0), max(dw, 0), w + min(dw, 0)
