@@ -280,16 +280,26 @@ def stock_layers(model: torch.nn.Module) -> torch.nn.Module:
     """``model`` with synthsets' faster drop-in layers turned into the stock torch layers
     they subclass (``AvgPool2x2`` -> ``nn.AvgPool2d``, ``SampleLayerNorm`` ->
     ``nn.LayerNorm``, ``PenaltyLeakyReLU`` -> ``nn.LeakyReLU``, ``PenaltyConv2d`` and the
-    generator's convolutions -> ``nn.Conv2d`` or ``nn.ConvTranspose2d``), as research code
-    would build it. No subclass adds state,
-    so the layers keep their settings, parameters, device and layout."""
+    generator's convolutions -> ``nn.Conv2d`` or ``nn.ConvTranspose2d``, ConvNet's
+    ``ReLUPoolSequential`` -> ``nn.Sequential``), as research code would build it. No
+    subclass adds state, so the layers keep their settings, parameters, device and layout."""
     from synthsets.discriminator import PenaltyConv2d, PenaltyLeakyReLU, SampleLayerNorm
     from synthsets.generator import _CpuFastConv2d, _CpuFastConvTranspose2d
     from synthsets.models import AvgPool2x2
 
-    return _as_stock(model, {AvgPool2x2: torch.nn.AvgPool2d, SampleLayerNorm: torch.nn.LayerNorm,
-                             PenaltyConv2d: torch.nn.Conv2d, PenaltyLeakyReLU: torch.nn.LeakyReLU,
-                             _CpuFastConv2d: torch.nn.Conv2d, _CpuFastConvTranspose2d: torch.nn.ConvTranspose2d})
+    return _as_stock(unfused_blocks(model), {
+        AvgPool2x2: torch.nn.AvgPool2d, SampleLayerNorm: torch.nn.LayerNorm, PenaltyConv2d: torch.nn.Conv2d,
+        PenaltyLeakyReLU: torch.nn.LeakyReLU, _CpuFastConv2d: torch.nn.Conv2d,
+        _CpuFastConvTranspose2d: torch.nn.ConvTranspose2d,
+    })
+
+
+def unfused_blocks(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with its ``ReLUPoolSequential`` containers (ConvNet's blocks) turned into
+    ``nn.Sequential``: ReLU and pooling run as two layers."""
+    from synthsets.models import ReLUPoolSequential
+
+    return _as_stock(model, {ReLUPoolSequential: torch.nn.Sequential})
 
 
 def stock_activations(model: torch.nn.Module) -> torch.nn.Module:

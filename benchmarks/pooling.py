@@ -9,7 +9,9 @@ timed in the same run, round by round:
   (width 128, batch 128) at 32, 16 and 8 pixels, in the standard layout and in
   channels_last;
 * a ConvNet-3 training step (batch 128, 3x32x32, SGD), the model as ``create_model``
-  builds it vs the same model with ``nn.AvgPool2d`` layers;
+  builds it (``AvgPool2x2``, each ReLU + pooling pair one autograd node while it trains)
+  vs the same model with ``nn.AvgPool2d`` layers, and with ``AvgPool2x2`` layers run one
+  by one (``AvgPool2x2, unfused``);
 * a test pass of ConvNet-3 over 10,000 1x28x28 images in batches of 1000, as
   ``synthsets.evaluate`` runs it.
 
@@ -80,10 +82,13 @@ def check_same(device: torch.device) -> dict[str, float]:
     return worst
 
 
-def convnet(device: torch.device, torch_pooling: bool, channels: int = 3, size: int = 32) -> nn.Module:
+def convnet(device: torch.device, pooling: str, channels: int = 3, size: int = 32) -> nn.Module:
+    """ConvNet-3 pooling with ``nn.AvgPool2d``, ``AvgPool2x2`` (as built) or ``AvgPool2x2, unfused``."""
     torch.manual_seed(0)
     model = C.training_model("convnet3", 10, device, channels, size)
-    return C.stock_layers(model) if torch_pooling else model
+    if pooling == "nn.AvgPool2d":
+        return C.stock_layers(model)
+    return C.unfused_blocks(model) if pooling == "AvgPool2x2, unfused" else model
 
 
 def build_parser():
@@ -123,14 +128,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     y = torch.randint(0, 10, (batch,), device=device)
     steps = {
         name: (lambda step: (lambda: step(x, y)))(C.train_step_fn(model, C.sgd(model)))
-        for name, model in (("nn.AvgPool2d", convnet(device, True)), ("AvgPool2x2", convnet(device, False)))
+        for name, model in ((name, convnet(device, name)) for name in ("nn.AvgPool2d", "AvgPool2x2", "AvgPool2x2, unfused"))
     }
     times = C.interleaved(steps, device, repeats)
     n_test = 200 if args.tiny else 10_000
     test = RealSplit(torch.randn(n_test, 1, 28, 28), torch.randint(0, 10, (n_test,)))
     tests = {
         name: (lambda model: (lambda: test_accuracy(model, test, 1000)))(model)
-        for name, model in (("nn.AvgPool2d", convnet(device, True, 1, 28)), ("AvgPool2x2", convnet(device, False, 1, 28)))
+        for name, model in ((name, convnet(device, name, 1, 28)) for name in ("nn.AvgPool2d", "AvgPool2x2"))
     }
     test_times = C.interleaved(tests, device, max(1, repeats // 2))
     model_rows = []

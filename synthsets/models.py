@@ -35,6 +35,7 @@ __all__ = [
     "list_models",
     "preferred_memory_format",
     "AvgPool2x2",
+    "ReLUPoolSequential",
     "ConvNet",
     "BasicBlock",
     "ResNet",
@@ -77,6 +78,15 @@ def _pad_to_min(x: torch.Tensor, size: int = _MIN_SIZE) -> torch.Tensor:
     return F.pad(x, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2))
 
 
+def _avg_pool2x2(x: torch.Tensor) -> torch.Tensor:
+    """``F.avg_pool2d(x, 2)`` of a contiguous (N, C, H, W) tensor of even height and width,
+    as sums of neighbouring rows, then columns (vectorised adds over whole rows)."""
+    n, c, h, w = x.shape
+    v = x.view(n, c, h // 2, 2, w)
+    rows = v[:, :, :, 0] + v[:, :, :, 1]
+    return (rows[..., 0::2] + rows[..., 1::2]).mul_(0.25)
+
+
 class _AvgPool2x2Cpu(torch.autograd.Function):
     """2x2 average pooling with stride 2 of a contiguous (NCHW) CPU tensor of even height
     and width, written as sums of neighbouring rows, then columns.
@@ -89,10 +99,8 @@ class _AvgPool2x2Cpu(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        n, c, h, w = ctx.shape = x.shape
-        v = x.view(n, c, h // 2, 2, w)
-        rows = v[:, :, :, 0] + v[:, :, :, 1]  # whole rows at once: vectorised adds
-        return (rows[..., 0::2] + rows[..., 1::2]).mul_(0.25)
+        ctx.shape = x.shape
+        return _avg_pool2x2(x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
@@ -148,7 +156,12 @@ class AvgPool2x2(nn.AvgPool2d):
         super().__init__(kernel_size=2, stride=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (
+        if self._cpu_path_applies(x):
+            return _AvgPool2x2Cpu.apply(x)
+        return super().forward(x)
+
+    def _cpu_path_applies(self, x: torch.Tensor) -> bool:
+        return (
             not _capturing_graph()  # first: no shape guards for a graph that will not use this path
             and x.device.type == "cpu"
             and not _transformed()
@@ -158,9 +171,81 @@ class AvgPool2x2(nn.AvgPool2d):
             and x.numel() >= self.MIN_ELEMENTS
             and x.is_floating_point()
             and x.is_contiguous()  # NCHW; channels_last goes to torch's own (fast) kernel
-        ):
-            return _AvgPool2x2Cpu.apply(x)
-        return super().forward(x)
+        )
+
+
+class _ReLUAvgPool2x2Cpu(torch.autograd.Function):
+    """``avg_pool2d(relu_(x), 2)`` as one autograd node, for the inputs of
+    :class:`_AvgPool2x2Cpu`: the ReLU in place (as ``nn.ReLU(inplace=True)``), then that
+    pooling. Its backward spreads each window's gradient over the window's columns and
+    applies the ReLU's mask to both rows in one pass, where the two layers' backwards write
+    the pooling's full-size gradient and read it back for the ReLU's. Same numbers as the
+    two layers; differentiable to any order.
+
+    The second output is ``x`` itself, now activated (in-place semantics); callers use the
+    first.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        x.relu_()
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(x)
+        ctx.set_materialize_grads(False)
+        return _avg_pool2x2(x), x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor | None, _: torch.Tensor | None) -> torch.Tensor | None:  # type: ignore[override]
+        if grad is None:
+            return None
+        (activated,) = ctx.saved_tensors
+        n, c, h, w = activated.shape
+        columns = (grad * 0.25)[..., None].expand(n, c, h // 2, w // 2, 2).reshape(n, c, h // 2, 1, w)
+        # ReLU's own backward, with the window's row gradient broadcast over its two rows
+        masked = torch.ops.aten.threshold_backward(columns, activated.view(n, c, h // 2, 2, w), 0)
+        return masked.view(n, c, h, w)
+
+
+def _has_hooks(*modules: nn.Module) -> bool:
+    """Whether any of ``modules``, or every module (global hooks), has forward or backward hooks."""
+    from torch.nn.modules import module as nn_module
+
+    global_hooks = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+                    "_global_backward_pre_hooks")
+    return any(getattr(nn_module, name, None) for name in global_hooks) or any(
+        m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks for m in modules
+    )
+
+
+class ReLUPoolSequential(nn.Sequential):
+    """``nn.Sequential`` that runs each ``nn.ReLU(inplace=True)`` directly followed by an
+    :class:`AvgPool2x2` as one autograd node (:class:`_ReLUAvgPool2x2Cpu`) where the
+    pooling takes its CPU path and autograd records the call: a ConvNet-3 training step
+    on a CPU is about 5% faster. The layers stay in the container, so state dicts, hooks
+    and ``stock`` layer swaps see them as before; a pair with hooks runs layer by layer."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        layers = list(self._modules.values())
+        i = 0
+        while i < len(layers):
+            if i + 1 < len(layers) and self._fuses(layers[i], layers[i + 1], x):
+                x = _ReLUAvgPool2x2Cpu.apply(x)[0]
+                i += 2
+            else:
+                x = layers[i](x)
+                i += 1
+        return x
+
+    @staticmethod
+    def _fuses(relu: nn.Module, pool: nn.Module, x: torch.Tensor) -> bool:
+        return (
+            type(relu) is nn.ReLU
+            and type(pool) is AvgPool2x2
+            and relu.inplace
+            and _custom_autograd_applies(x)  # first of the tensor checks: no shape guards while tracing
+            and pool._cpu_path_applies(x)
+            and not _has_hooks(relu, pool)
+        )
 
 
 #: the offset (dh, dw) of each tap k = 3 dh' + dw' of a 3x3 kernel from its centre
@@ -351,7 +436,7 @@ class ConvNet(_PaddedConvClassifier):
             ]
             c_in = width
             size //= 2
-        self.features = nn.Sequential(*layers)
+        self.features = ReLUPoolSequential(*layers)
         self.feature_size = size
         self.feature_dim = width * size * size
         self.classifier = nn.Linear(self.feature_dim, num_classes)

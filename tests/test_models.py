@@ -288,6 +288,77 @@ def test_avgpool2x2_leaves_graph_capture_to_torch(monkeypatch):
     assert calls == [1]
 
 
+# -- ReLU + AvgPool2x2 as one autograd node (ConvNet's blocks) -----------------------------------
+@pytest.mark.parametrize("shape", [(2, 3, 8, 6), (1, 2, 2, 2)])
+def test_relu_avgpool2x2_function_is_relu_then_avg_pool2d(shape):
+    from synthsets.models import _ReLUAvgPool2x2Cpu
+
+    def fused(x):  # on a copy: the function activates its input in place
+        return _ReLUAvgPool2x2Cpu.apply(x * 1)[0]
+
+    x = torch.randn(*shape, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(fused, (x,))
+    assert torch.autograd.gradgradcheck(fused, (x,))
+    ref = nn.functional.avg_pool2d(nn.functional.relu(x), 2)
+    assert (fused(x) - ref).abs().max() < 1e-15
+    y = x * 1
+    before = y.detach().clone()
+    _, activated = _ReLUAvgPool2x2Cpu.apply(y)
+    assert activated.data_ptr() == y.data_ptr() and torch.equal(y, before.clamp(min=0))  # in place
+
+
+def _convnet_loss_and_grads(model, x, y):
+    loss = nn.functional.cross_entropy(model(x), y)
+    return loss, torch.autograd.grad(loss, list(model.parameters()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_convnet_fuses_relu_and_pool_with_identical_numbers(monkeypatch, dtype):
+    """ConvNet-3 runs ReLU + AvgPool2x2 as one node while it trains on a CPU: the same loss
+    and gradients, bit for bit, as the layers one by one."""
+    import synthsets.models as models
+
+    torch.manual_seed(0)
+    model = create_model("convnet3", 10, 1, 28, width=16).to(dtype)
+    assert isinstance(model.features, models.ReLUPoolSequential)
+    x, y = torch.randn(8, 1, 28, 28, dtype=dtype), torch.randint(0, 10, (8,))
+    calls = []
+    apply = models._ReLUAvgPool2x2Cpu.apply
+    monkeypatch.setattr(models._ReLUAvgPool2x2Cpu, "apply", lambda t: calls.append(tuple(t.shape)) or apply(t))
+    loss, grads = _convnet_loss_and_grads(model, x, y)
+    assert calls == [(8, 16, 32, 32), (8, 16, 16, 16)]  # 8x8 maps hold fewer than AvgPool2x2.MIN_ELEMENTS
+    model.features.__class__ = nn.Sequential  # the layers one by one
+    ref_loss, ref_grads = _convnet_loss_and_grads(model, x, y)
+    assert len(calls) == 2 and torch.equal(loss, ref_loss)
+    assert all(torch.equal(a, b) for a, b in zip(grads, ref_grads))
+
+
+def test_convnet_runs_layer_by_layer_where_fusing_would_change_something(monkeypatch):
+    """Hooks on the ReLU or the pooling, no autograd, stock pooling and graph capture all
+    see the layers one by one."""
+    import synthsets.models as models
+
+    model = create_model("convnet3", 10, 1, 28, width=16)
+    x = torch.randn(8, 1, 28, 28)
+    calls = []
+    apply = models._ReLUAvgPool2x2Cpu.apply
+    monkeypatch.setattr(models._ReLUAvgPool2x2Cpu, "apply", lambda t: calls.append(1) or apply(t))
+    seen = []
+    handle = model.features[2].register_forward_hook(lambda m, i, o: seen.append(o.shape[-1]))
+    model(x).sum().backward()
+    assert seen == [32] and calls == [1]  # the hooked block alone ran layer by layer
+    handle.remove()
+    with torch.no_grad():
+        model(x)
+    assert calls == [1]
+    model.features[3] = nn.AvgPool2d(2, 2)  # what benchmarks' stock layers do
+    model(x).sum().backward()
+    assert calls == [1, 1]
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    model(x).sum().backward()
+    assert calls == [1, 1]
+
+
 @pytest.mark.parametrize("name", ["convnet3", "resnet10_ap"])
 def test_models_pool_with_avgpool2x2(name):
     """The models that average-pool use AvgPool2x2, which holds no weights: state dicts
