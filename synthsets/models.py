@@ -78,6 +78,10 @@ def _pad_to_min(x: torch.Tensor, size: int = _MIN_SIZE) -> torch.Tensor:
     return F.pad(x, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2))
 
 
+# one node in a torch.fx graph (its size test cannot be traced symbolically)
+torch.fx.wrap("_pad_to_min")
+
+
 def _avg_pool2x2(x: torch.Tensor) -> torch.Tensor:
     """``F.avg_pool2d(x, 2)`` of a contiguous (N, C, H, W) tensor of even height and width,
     as sums of neighbouring rows, then columns (vectorised adds over whole rows)."""

@@ -2,6 +2,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+import synthsets.models as models
 from synthsets.models import (
     POOL,
     AvgPool2x2,
@@ -437,3 +438,20 @@ def test_one_output_channel_path_applies_only_where_it_is_exact_and_faster():
     assert not applies(x.half(), w.half(), (1, 1), (1, 1), (1, 1), 1)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not applies(x, w, (1, 1), (1, 1), (1, 1), 1)
+
+
+@pytest.mark.parametrize("channels,image_size", CONFIGS)
+@pytest.mark.parametrize("name", ["convnet3", "vgg11", "alexnet", "resnet18", "resnet10_ap"])
+def test_models_trace_with_torch_fx(name, channels, image_size):
+    """torch.fx traces every model (the padding of small inputs is one node), and the
+    traced module computes what the model does (torch's own pooling: the same values up
+    to the order of AvgPool2x2's four additions)."""
+    import torch.fx
+
+    torch.manual_seed(0)
+    model = create_model(name, 10, channels, image_size).eval()
+    traced = torch.fx.symbolic_trace(model)
+    x = torch.randn(2, channels, image_size, image_size)
+    torch.testing.assert_close(traced(x), model(x), rtol=0, atol=1e-5)
+    if name in ("convnet3", "vgg11", "alexnet"):
+        assert sum(node.target is models._pad_to_min for node in traced.graph.nodes) == 1
