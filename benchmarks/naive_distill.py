@@ -5,12 +5,12 @@ It has the same maths as :class:`synthsets.distill.Distiller` (the same Generato
 Discriminator, DSA and pool models, the same losses, optimisers, seeds and order of
 random draws) but is written the way research code often is:
 
-* the models are built from stock torch layers: ``nn.AvgPool2d`` in the pool models,
-  ``nn.LayerNorm`` and ``nn.Conv2d`` in the discriminator, ``nn.Conv2d`` and
-  ``nn.ConvTranspose2d`` in the generator, where the library has its faster drop-ins
-  ``AvgPool2x2``, ``SampleLayerNorm``, ``PenaltyConv2d`` and the generator's
-  CPU-fast convolutions (``benchmarks._common.stock_layers``), and they stay in the
-  standard memory layout;
+* the models are built from stock torch layers: ``nn.AvgPool2d`` in the pool models
+  (in a plain ``nn.Sequential``), ``nn.LayerNorm`` and ``nn.Conv2d`` in the
+  discriminator, ``nn.Conv2d`` and ``nn.ConvTranspose2d`` in the generator, where the
+  library has its faster drop-ins ``AvgPool2x2`` (and ConvNet's ``ReLUPoolSequential``),
+  ``SampleLayerNorm``, ``PenaltyConv2d`` and the generator's CPU-fast convolutions
+  (``benchmarks._common.stock_layers``), and they stay in the standard memory layout;
 
 * the real training set stays on the CPU and each batch is indexed there, then copied
   to the device;
