@@ -186,8 +186,9 @@ class _ReLUAvgPool2x2Cpu(torch.autograd.Function):
     the pooling's full-size gradient and read it back for the ReLU's. Same numbers as the
     two layers; differentiable to any order.
 
-    The second output is ``x`` itself, now activated (in-place semantics); callers use the
-    first.
+    The second output is ``x`` itself, now activated (in place, as the ReLU leaves it): a
+    gradient that reaches it through another use (a hook that kept the tensor, a loss on
+    it) joins the pooling's before the ReLU's mask.
     """
 
     @staticmethod
@@ -199,15 +200,21 @@ class _ReLUAvgPool2x2Cpu(torch.autograd.Function):
         return _avg_pool2x2(x), x
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor | None, _: torch.Tensor | None) -> torch.Tensor | None:  # type: ignore[override]
-        if grad is None:
+    def backward(ctx, grad: torch.Tensor | None, grad_activated: torch.Tensor | None) -> torch.Tensor | None:  # type: ignore[override]
+        if grad is None and grad_activated is None:
             return None
         (activated,) = ctx.saved_tensors
         n, c, h, w = activated.shape
-        columns = (grad * 0.25)[..., None].expand(n, c, h // 2, w // 2, 2).reshape(n, c, h // 2, 1, w)
-        # ReLU's own backward, with the window's row gradient broadcast over its two rows
-        masked = torch.ops.aten.threshold_backward(columns, activated.view(n, c, h // 2, 2, w), 0)
-        return masked.view(n, c, h, w)
+        rows = activated.view(n, c, h // 2, 2, w)
+        if grad is None:
+            total = grad_activated.reshape(rows.shape)
+        else:
+            # each window's gradient, a quarter per pixel, widened over the window's columns
+            # and broadcast over its two rows
+            total = (grad * 0.25)[..., None].expand(n, c, h // 2, w // 2, 2).reshape(n, c, h // 2, 1, w)
+            if grad_activated is not None:
+                total = total + grad_activated.reshape(rows.shape)
+        return torch.ops.aten.threshold_backward(total, rows, 0).view(n, c, h, w)  # ReLU's own backward
 
 
 def _has_hooks(*modules: nn.Module) -> bool:
@@ -249,6 +256,8 @@ class ReLUPoolSequential(nn.Sequential):
             and type(pool) is AvgPool2x2
             and relu.inplace
             and _custom_autograd_applies(x)  # first of the tensor checks: no shape guards while tracing
+            and not x.is_leaf  # a leaf that requires grad: ReLU's in-place error, before any change
+            and not x._is_view()  # autograd allows one output when a view is changed in place
             and pool._cpu_path_applies(x)
             and not _has_hooks(relu, pool)
         )

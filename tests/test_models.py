@@ -297,9 +297,16 @@ def test_relu_avgpool2x2_function_is_relu_then_avg_pool2d(shape):
     def fused(x):  # on a copy: the function activates its input in place
         return _ReLUAvgPool2x2Cpu.apply(x * 1)[0]
 
+    def both_outputs(x, weights):  # a gradient through the activated input itself as well
+        pooled, activated = _ReLUAvgPool2x2Cpu.apply(x * 1)
+        return pooled.sum() + (activated * weights).sum()
+
     x = torch.randn(*shape, dtype=torch.double, requires_grad=True)
+    weights = torch.randn(*shape, dtype=torch.double)
     assert torch.autograd.gradcheck(fused, (x,))
     assert torch.autograd.gradgradcheck(fused, (x,))
+    assert torch.autograd.gradcheck(both_outputs, (x, weights))
+    assert torch.autograd.gradgradcheck(both_outputs, (x, weights))
     ref = nn.functional.avg_pool2d(nn.functional.relu(x), 2)
     assert (fused(x) - ref).abs().max() < 1e-15
     y = x * 1
@@ -332,6 +339,42 @@ def test_convnet_fuses_relu_and_pool_with_identical_numbers(monkeypatch, dtype):
     ref_loss, ref_grads = _convnet_loss_and_grads(model, x, y)
     assert len(calls) == 2 and torch.equal(loss, ref_loss)
     assert all(torch.equal(a, b) for a, b in zip(grads, ref_grads))
+
+
+def test_convnet_fused_gradients_include_other_uses_of_the_activation():
+    """A hook that keeps the normalised maps (activated in place by the ReLU, as with the
+    layers one by one) for a loss of its own: its gradient joins the pooling's."""
+    torch.manual_seed(0)
+    model = create_model("convnet3", 10, 1, 28, width=16).double()
+    kept = []
+    model.features[1].register_forward_hook(lambda m, i, o: kept.append(o))  # the GroupNorm
+    x = torch.randn(8, 1, 28, 28, dtype=torch.double)
+    results = []
+    for container in (models.ReLUPoolSequential, nn.Sequential):
+        model.features.__class__ = container
+        kept.clear()
+        loss = model(x).square().sum() + kept[0].square().sum()
+        results.append(torch.autograd.grad(loss, list(model.parameters())))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_relu_pool_sequential_leaves_views_and_leaves_to_the_layers():
+    """A view (autograd allows a single output when a function changes one in place) and a
+    leaf that requires grad (ReLU's own in-place error, with the tensor unchanged) run
+    layer by layer."""
+    seq = models.ReLUPoolSequential(nn.ReLU(inplace=True), AvgPool2x2())
+    base = torch.randn(16, 16, 16, 16, requires_grad=True) * 1
+    view = base[:8]
+    ref = nn.functional.avg_pool2d(view.detach().clamp(min=0), 2)
+    out = seq(view)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
+    out.sum().backward()
+    leaf = torch.randn(8, 16, 16, 16, requires_grad=True)
+    before = leaf.detach().clone()
+    with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
+        seq(leaf)
+    assert torch.equal(leaf.detach(), before)
 
 
 def test_convnet_runs_layer_by_layer_where_fusing_would_change_something(monkeypatch):
