@@ -121,6 +121,10 @@ def _version(tensor: Tensor) -> int:
         return -1
 
 
+#: seeds lie in [0, SEED_BOUND): torch's are 64-bit, and larger ones would alias smaller seeds
+SEED_BOUND = 2**63
+
+
 def _mix_seed(*parts: int) -> int:
     """A 63-bit seed derived from integers (stable across runs and processes)."""
     value = 0x9E3779B97F4A7C15
@@ -236,7 +240,7 @@ class SyntheticDataset(Dataset):
             raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise TypeError(f"seed must be an int or None, got {seed!r}")
-        if seed is not None and not 0 <= seed < 2**63:  # larger ones would alias smaller seeds
+        if seed is not None and not 0 <= seed < SEED_BOUND:
             raise ValueError(f"seed must lie in [0, 2**63), got {seed}")
         for name, fn in (("transform", transform), ("target_transform", target_transform)):
             if fn is not None and not callable(fn):

@@ -45,7 +45,7 @@ from .augment import DSA
 from .checkpoint import load_checkpoint, optimizer_state, save_checkpoint
 from .cuda_graphs import GraphedStep
 from .data import RealData, load_real
-from .dataset import _mix_seed, resolve_device
+from .dataset import SEED_BOUND, _mix_seed, resolve_device
 from .discriminator import Discriminator, gradient_penalty
 from .generator import Generator, GeneratorConfig
 from .hub import (
@@ -175,7 +175,7 @@ class DistillConfig:
                 "give at least one stage a positive number of epochs",
             )
         _check_int(self, "seed", minimum=0)
-        if self.seed >= 2**63:  # torch seeds are 64-bit; larger ones would alias smaller seeds
+        if self.seed >= SEED_BOUND:
             raise _bad("seed", f"must lie in [0, 2**63), got {self.seed}")
         for name in ("lr", "stage2_lr", "inner_lr"):
             _check_float(self, name, positive=True)
