@@ -26,6 +26,7 @@ from typing import Callable, Dict, List, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.modules import module as _nn_module
 
 __all__ = [
     "POOL",
@@ -91,6 +92,13 @@ def _avg_pool2x2(x: torch.Tensor) -> torch.Tensor:
     return (rows[..., 0::2] + rows[..., 1::2]).mul_(0.25)
 
 
+def _widened_window_grad(grad: torch.Tensor) -> torch.Tensor:
+    """``(N, C, H/2, W/2) -> (N, C, H/2, W)``: a quarter of each 2x2 window's gradient, once
+    per column of the window (the rows of the window are left to the caller)."""
+    n, c, h2, w2 = grad.shape
+    return (grad * 0.25)[..., None].expand(n, c, h2, w2, 2).reshape(n, c, h2, 2 * w2)
+
+
 class _AvgPool2x2Cpu(torch.autograd.Function):
     """2x2 average pooling with stride 2 of a contiguous (NCHW) CPU tensor of even height
     and width, written as sums of neighbouring rows, then columns.
@@ -110,8 +118,7 @@ class _AvgPool2x2Cpu(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         n, c, h, w = ctx.shape
         # every input pixel gets a quarter of its window's gradient: widen the rows, then repeat them
-        g = (grad * 0.25)[..., None].expand(n, c, h // 2, w // 2, 2).reshape(n, c, h // 2, w)
-        return g[:, :, :, None, :].expand(n, c, h // 2, 2, w).reshape(n, c, h, w)
+        return _widened_window_grad(grad)[:, :, :, None, :].expand(n, c, h // 2, 2, w).reshape(n, c, h, w)
 
 
 #: whether torch.fx.symbolic_trace is running (its older name also covers torch.export)
@@ -209,21 +216,19 @@ class _ReLUAvgPool2x2Cpu(torch.autograd.Function):
         if grad is None:
             total = grad_activated.reshape(rows.shape)
         else:
-            # each window's gradient, a quarter per pixel, widened over the window's columns
-            # and broadcast over its two rows
-            total = (grad * 0.25)[..., None].expand(n, c, h // 2, w // 2, 2).reshape(n, c, h // 2, 1, w)
+            total = _widened_window_grad(grad)[:, :, :, None, :]  # broadcast over the window's two rows
             if grad_activated is not None:
                 total = total + grad_activated.reshape(rows.shape)
         return torch.ops.aten.threshold_backward(total, rows, 0).view(n, c, h, w)  # ReLU's own backward
 
 
+_GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+                 "_global_backward_pre_hooks")
+
+
 def _has_hooks(*modules: nn.Module) -> bool:
     """Whether any of ``modules``, or every module (global hooks), has forward or backward hooks."""
-    from torch.nn.modules import module as nn_module
-
-    global_hooks = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
-                    "_global_backward_pre_hooks")
-    return any(getattr(nn_module, name, None) for name in global_hooks) or any(
+    return any(getattr(_nn_module, name, None) for name in _GLOBAL_HOOKS) or any(
         m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks for m in modules
     )
 

@@ -324,8 +324,6 @@ def _convnet_loss_and_grads(model, x, y):
 def test_convnet_fuses_relu_and_pool_with_identical_numbers(monkeypatch, dtype):
     """ConvNet-3 runs ReLU + AvgPool2x2 as one node while it trains on a CPU: the same loss
     and gradients, bit for bit, as the layers one by one."""
-    import synthsets.models as models
-
     torch.manual_seed(0)
     model = create_model("convnet3", 10, 1, 28, width=16).to(dtype)
     assert isinstance(model.features, models.ReLUPoolSequential)
@@ -380,8 +378,6 @@ def test_relu_pool_sequential_leaves_views_and_leaves_to_the_layers():
 def test_convnet_runs_layer_by_layer_where_fusing_would_change_something(monkeypatch):
     """Hooks on the ReLU or the pooling, no autograd, stock pooling and graph capture all
     see the layers one by one."""
-    import synthsets.models as models
-
     model = create_model("convnet3", 10, 1, 28, width=16)
     x = torch.randn(8, 1, 28, 28)
     calls = []
