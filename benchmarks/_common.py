@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 
@@ -326,6 +326,20 @@ def torch_norm_second_order(model: torch.nn.Module) -> torch.nn.Module:
             return False
 
     return _as_stock(model, {SampleLayerNorm: TorchSecondOrderNorm})
+
+
+@contextlib.contextmanager
+def custom_layers_in_cuda_eager() -> Iterator[None]:
+    """The discriminator's custom second-derivative layers on CUDA without CUDA graphs too
+    (the library leaves them to captured steps there)."""
+    from synthsets import discriminator
+
+    saved = discriminator.CUSTOM_SECOND_ORDER_IN_CUDA_EAGER
+    discriminator.CUSTOM_SECOND_ORDER_IN_CUDA_EAGER = True
+    try:
+        yield
+    finally:
+        discriminator.CUSTOM_SECOND_ORDER_IN_CUDA_EAGER = saved
 
 
 def sgd(model: torch.nn.Module) -> torch.optim.Optimizer:

@@ -27,6 +27,9 @@ Two discriminator sizes: ``cpu-small`` (width 32, 1x28x28, batch 64) and ``paper
 196, 3x32x32, batch 64 on CUDA, 16 on CPU to keep the run short; ``--batch`` sets both).
 The discriminators are in the layout the library trains them in (channels_last on CPU);
 on CUDA the script times both layouts (``--layouts``), to inform the library's choice there.
+On CUDA the library uses the three layers only in steps replayed as CUDA graphs (eagerly,
+their Python overhead outweighs what they save); this script times them eagerly, with
+``synthsets.discriminator.CUSTOM_SECOND_ORDER_IN_CUDA_EAGER`` switched on while it runs.
 Before timing, the script compares one D step of both layers from the same weights and
 inputs (gradients within float noise).
 
@@ -108,8 +111,9 @@ def workload(device: str, layer: str, size: str, batch: int, what: str, layout: 
 
     def run() -> None:
         D.zero_grad(set_to_none=True)
-        loss = gradient_penalty(D, real, fake) if what == "penalty" else d_loss(D, real, fake, labels)
-        loss.backward(inputs=parameters)  # the parameters' gradients only, as the Distiller's D step
+        with C.custom_layers_in_cuda_eager():  # the layers themselves (a no-op off CUDA)
+            loss = gradient_penalty(D, real, fake) if what == "penalty" else d_loss(D, real, fake, labels)
+            loss.backward(inputs=parameters)  # the parameters' gradients only, as the Distiller's D step
 
     return run
 
@@ -121,7 +125,7 @@ def check_same(device: torch.device, size: str, batch: int) -> dict[str, float]:
     for layer in ("torch", "library"):
         D = discriminator(layer, size, device)
         real, fake, labels = batch_of(size, batch, device)
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), C.custom_layers_in_cuda_eager():
             torch.manual_seed(1)  # the same penalty mixing weights
             d_loss(D, real, fake, labels).backward()
         grads.append([p.grad for p in D.parameters()])

@@ -10,9 +10,27 @@ from .models import _capturing_graph, _conv3x3_to_one_channel, _custom_autograd_
 
 STRIDES = (1, 2, 1, 2, 1, 1, 1, 2)
 
+#: whether the custom second-derivative layers also run on CUDA outside CUDA-graph capture.
+#: Off: there each call's Python overhead outweighs the GPU work it saves (an H200, paper
+#: sizes: a stage-1 step without graphs took 43.7 ms with them and 32.9 ms without), while
+#: a captured graph replays their kernels alone (1.05x-1.11x faster than torch's). The
+#: benchmarks switch it on to measure them eagerly.
+CUSTOM_SECOND_ORDER_IN_CUDA_EAGER = False
+
 #: whether the running backward pass will execute an autograd node (None: a torch without
 #: it, where custom functions compute every gradient their inputs require)
 _will_execute = getattr(torch._C, "_will_engine_execute_node", None)
+
+
+def _second_order_pays(x: Tensor) -> bool:
+    """Whether the discriminator's custom second-derivative layers are worth their Python
+    cost for ``x``: always off CUDA; on CUDA only while a CUDA graph records the step
+    (see :data:`CUSTOM_SECOND_ORDER_IN_CUDA_EAGER`)."""
+    return (
+        x.device.type != "cuda"
+        or CUSTOM_SECOND_ORDER_IN_CUDA_EAGER
+        or torch.cuda.is_current_stream_capturing()
+    )
 
 
 def _tensor_positions(*args: object) -> tuple[int, ...]:
@@ -132,7 +150,8 @@ class PenaltyConv2d(nn.Conv2d):
     """``nn.Conv2d`` (same parameters) with a faster second derivative, for gradient
     penalties: see :class:`_ConvGradients`. Same results up to float rounding. It applies
     when autograd records the call, for ``groups=1``, no dilation and zero padding given
-    as numbers, outside autocast; otherwise, and while the model is traced, compiled,
+    as numbers, outside autocast, and on CUDA only while a CUDA graph is captured (see
+    :func:`_second_order_pays`); otherwise, and while the model is traced, compiled,
     exported or transformed (``torch.func``, forward-mode AD), it is ``nn.Conv2d`` itself."""
 
     def forward(self, x: Tensor) -> Tensor:
@@ -144,6 +163,7 @@ class PenaltyConv2d(nn.Conv2d):
             and tuple(self.dilation) == (1, 1)
             and x.dim() == 4
             and _custom_autograd_applies(x, self.weight)
+            and _second_order_pays(x)
         ):
             return _PenaltyConv.apply(x, self.weight, self.bias, list(self.stride), list(self.padding))
         return super().forward(x)
@@ -280,8 +300,9 @@ class SampleLayerNorm(nn.LayerNorm):
     * its second derivative (a gradient penalty's) takes about half the passes over
       memory of torch's generic one (see :func:`_layer_norm_second_order`). That path
       applies to float32/float64 under autograd, outside autocast, when the norm covers
-      all of a sample; otherwise, and while the model is traced, compiled, exported or
-      transformed (``torch.func``, forward-mode AD), it is torch's own layer norm.
+      all of a sample, and on CUDA only while a CUDA graph is captured; otherwise, and
+      while the model is traced, compiled, exported or transformed (``torch.func``,
+      forward-mode AD), it is torch's own layer norm.
     """
 
     layout_agnostic = True  # synthsets.preferred_memory_format may pick channels_last
@@ -312,6 +333,7 @@ class SampleLayerNorm(nn.LayerNorm):
             and tuple(x.shape[1:]) == shape  # all of a sample (a wrong shape gets torch's error)
             and x.shape[0] > 0
             and _custom_autograd_applies(x, self.weight, self.bias)
+            and _second_order_pays(x)
         )
 
 
@@ -351,11 +373,12 @@ class _LeakyReLU(torch.autograd.Function):
 class PenaltyLeakyReLU(nn.LeakyReLU):
     """``nn.LeakyReLU`` whose second derivative skips a zero term (see
     :class:`_LeakyReLUGradient`): the same results, less work in a gradient penalty. In
-    place, and where custom autograd functions do not apply (see
-    :func:`_custom_autograd_applies`), it is ``nn.LeakyReLU`` itself."""
+    place, where custom autograd functions do not apply (see
+    :func:`_custom_autograd_applies`), and on CUDA outside CUDA-graph capture, it is
+    ``nn.LeakyReLU`` itself."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.inplace and _custom_autograd_applies(x):
+        if not self.inplace and _custom_autograd_applies(x) and _second_order_pays(x):
             return _LeakyReLU.apply(x, self.negative_slope)
         return super().forward(x)
 

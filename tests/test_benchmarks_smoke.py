@@ -109,7 +109,7 @@ def test_distill_step(tmp_path, capsys, one_thread):
 def test_distill_step_layout_experiment(tmp_path, capsys, one_thread, monkeypatch):
     """The CUDA-only library-cl variant, forced to run on CPU: its ratio to library is reported."""
     module = importlib.import_module("benchmarks.distill_step")
-    monkeypatch.setattr(module, "CPU_SAME_AS_LIBRARY", ("library-eager",))
+    monkeypatch.setattr(module, "CUDA_ONLY", ("library-eager",))
     data, printed = _run("distill_step", tmp_path, capsys, one_thread + ["--no-memory", "--variants", "library", "library-cl"])
     assert {r["variant"] for r in data["rows"]} == {"library", "library-cl"}
     assert set(data["channels_last_speedup"]) == {"stage1", "stage2"}

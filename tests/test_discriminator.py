@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from synthsets import discriminator as discriminator_module
 from synthsets import preferred_memory_format
 from synthsets.discriminator import (
     Discriminator,
@@ -17,6 +18,7 @@ from synthsets.discriminator import (
     _LayerNormGradients,
     _PenaltyConv,
     _RowLayerNorm,
+    _second_order_pays,
     gradient_penalty,
 )
 
@@ -168,6 +170,59 @@ def test_gradient_penalty_is_the_same_in_either_layout(channels, size, device):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
+# -- where the custom second derivatives run ------------------------------------------------
+
+
+def _on(device_type: str) -> object:
+    """Something with a ``.device.type``, all that the policy reads of a tensor."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(device=SimpleNamespace(type=device_type))
+
+
+def test_custom_second_order_runs_off_cuda_and_in_cuda_graphs_only(monkeypatch):
+    """Always on a CPU; on CUDA only while a graph is captured (eagerly, their Python
+    overhead outweighs what they save there), or when switched on for all of CUDA."""
+    capturing = []
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: bool(capturing))
+    assert _second_order_pays(_on("cpu")) and _second_order_pays(torch.zeros(1))
+    assert not _second_order_pays(_on("cuda"))
+    capturing.append(True)
+    assert _second_order_pays(_on("cuda"))
+    capturing.clear()
+    monkeypatch.setattr(discriminator_module, "CUSTOM_SECOND_ORDER_IN_CUDA_EAGER", True)
+    assert _second_order_pays(_on("cuda"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_layers_are_torchs_eagerly_and_custom_in_a_captured_graph():
+    torch.manual_seed(0)
+    layers = [PenaltyConv2d(3, 8, 3, 1, 1), SampleLayerNorm([8, 6, 6]), PenaltyLeakyReLU()]
+    model = nn.Sequential(*layers).cuda()
+    x = torch.randn(2, 3, 6, 6, device="cuda", requires_grad=True)
+
+    def node_names(y: torch.Tensor) -> set[str]:
+        seen, todo = set(), [y.grad_fn]
+        while todo:
+            fn = todo.pop()
+            if fn is not None and fn not in seen:
+                seen.add(fn)
+                todo += [f for f, _ in fn.next_functions]
+        return {fn.name() for fn in seen}
+
+    custom = ("_PenaltyConvBackward", "_RowLayerNormBackward", "_LeakyReLUBackward")
+    eager = node_names(model(x))
+    assert not any(name in eager for name in custom), eager  # torch's own layers
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up before capture, as torch asks
+        model(x)
+    torch.cuda.current_stream().wait_stream(side)
+    with torch.cuda.graph(torch.cuda.CUDAGraph()):
+        captured = node_names(model(x))
+    assert all(name in captured for name in custom), captured
+
+
 # -- PenaltyConv2d: nn.Conv2d with a fast double backward ---------------------------------
 
 
@@ -261,7 +316,9 @@ def test_discriminator_penalty_equals_stock_layers(channels, size, device, monke
     nn.LayerNorm and nn.LeakyReLU layers. The penalty's own pass asked the convolutions and
     norms for no weight gradient, and a backward pass for the parameters only (as the
     distillation's D step runs it) asked the first convolution for no gradient of the
-    interpolated images. Width 16: grey images take the one-channel input-gradient path."""
+    interpolated images. Width 16: grey images take the one-channel input-gradient path.
+    On CUDA the custom layers are forced on outside graph capture, to compare them."""
+    monkeypatch.setattr(discriminator_module, "CUSTOM_SECOND_ORDER_IN_CUDA_EAGER", True)
     torch.manual_seed(0)
     D = Discriminator(10, channels, size, width=16).double().to(device)
     reference = Discriminator(10, channels, size, width=16).double().to(device)
