@@ -14,7 +14,8 @@ second derivative (the gradient penalty's double backward):
 
 Three discriminators, each timed in the same run, round by round: ``torch`` (nn.Conv2d,
 torch's layer-norm second derivative and nn.LeakyReLU), ``PenaltyConv2d`` (the fast
-convolutions only) and ``library`` (all three, as the library trains). Two workloads:
+convolutions only) and ``library`` (all three, as the library trains on a CPU and in
+CUDA graphs). Two workloads:
 
 * ``penalty``: ``gradient_penalty(D, real, fake)`` and its backward;
 * ``D step``: the whole discriminator loss of a distillation step (scores of real and

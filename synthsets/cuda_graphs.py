@@ -4,18 +4,39 @@ At the paper's sizes (batch 64, 32x32 images) a distillation step is hundreds of
 kernels, and launching them from Python costs more than running them. A CUDA graph
 records the launches of one step once and replays them with a single call. The maths is
 the same: the same kernels run on the same memory, and random draws come from the same
-generator (PyTorch advances its offsets on every replay).
+generator (PyTorch advances its offsets on every replay). Layers that are faster only
+once their launches are recorded (the discriminator's custom second derivatives) ask
+:func:`in_graphed_step` whether they run in such a step, warm-up calls included, so the
+warm-up runs the code that is then captured.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import warnings
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor
 
 Step = Callable[[Tensor], dict[str, Tensor]]
+
+_graphed_step: contextvars.ContextVar[bool] = contextvars.ContextVar("synthsets_graphed_step", default=False)
+
+
+def in_graphed_step() -> bool:
+    """Whether the running code is a :class:`GraphedStep`'s warm-up call or its capture."""
+    return _graphed_step.get()
+
+
+@contextlib.contextmanager
+def _graphed() -> Iterator[None]:
+    token = _graphed_step.set(True)
+    try:
+        yield
+    finally:
+        _graphed_step.reset(token)
 
 
 class GraphedStep:
@@ -65,7 +86,7 @@ class GraphedStep:
         assert self._stream is not None
         current = torch.cuda.current_stream()
         self._stream.wait_stream(current)
-        with torch.cuda.stream(self._stream):
+        with torch.cuda.stream(self._stream), _graphed():
             out = self.step(index)
         current.wait_stream(self._stream)
         for tensor in out.values():  # used on the current stream: keep the memory until then
@@ -76,7 +97,7 @@ class GraphedStep:
         self._input = index.clone()
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph, stream=self._stream):
+            with torch.cuda.graph(graph, stream=self._stream), _graphed():
                 outputs = self.step(self._input)
         except Exception as err:  # noqa: BLE001 - any capture failure falls back to eager
             self.enabled = False

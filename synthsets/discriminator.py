@@ -6,15 +6,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .cuda_graphs import in_graphed_step
 from .models import _capturing_graph, _conv3x3_to_one_channel, _custom_autograd_applies, _one_output_channel_applies
 
 STRIDES = (1, 2, 1, 2, 1, 1, 1, 2)
 
-#: whether the custom second-derivative layers also run on CUDA outside CUDA-graph capture.
-#: Off: there each call's Python overhead outweighs the GPU work it saves (an H200, paper
-#: sizes: a stage-1 step without graphs took 43.7 ms with them and 32.9 ms without), while
-#: a captured graph replays their kernels alone (1.05x-1.11x faster than torch's). The
-#: benchmarks switch it on to measure them eagerly.
+#: whether the custom second-derivative layers also run eagerly on a GPU (outside CUDA
+#: graphs). Off: there each call's Python overhead outweighs the GPU work it saves (an
+#: H200, paper sizes: a stage-1 step without graphs took 41.9-43.7 ms with them and
+#: 29.7-32.9 ms without), while a graph replays their kernels alone (in stage 1 1.11x and
+#: 1.05x faster than torch's convolution and layer norm). The benchmarks switch it on to
+#: measure them eagerly.
 CUSTOM_SECOND_ORDER_IN_CUDA_EAGER = False
 
 #: whether the running backward pass will execute an autograd node (None: a torch without
@@ -24,12 +26,14 @@ _will_execute = getattr(torch._C, "_will_engine_execute_node", None)
 
 def _second_order_pays(x: Tensor) -> bool:
     """Whether the discriminator's custom second-derivative layers are worth their Python
-    cost for ``x``: always off CUDA; on CUDA only while a CUDA graph records the step
-    (see :data:`CUSTOM_SECOND_ORDER_IN_CUDA_EAGER`)."""
+    cost for ``x``: always on a CPU; on a GPU only in a step that is replayed as a CUDA
+    graph (a :class:`~synthsets.cuda_graphs.GraphedStep`'s warm-up calls and capture, or
+    any other capture), unless :data:`CUSTOM_SECOND_ORDER_IN_CUDA_EAGER` is set."""
     return (
-        x.device.type != "cuda"
+        x.device.type == "cpu"
         or CUSTOM_SECOND_ORDER_IN_CUDA_EAGER
-        or torch.cuda.is_current_stream_capturing()
+        or in_graphed_step()
+        or (x.device.type == "cuda" and torch.cuda.is_current_stream_capturing())
     )
 
 
@@ -150,7 +154,7 @@ class PenaltyConv2d(nn.Conv2d):
     """``nn.Conv2d`` (same parameters) with a faster second derivative, for gradient
     penalties: see :class:`_ConvGradients`. Same results up to float rounding. It applies
     when autograd records the call, for ``groups=1``, no dilation and zero padding given
-    as numbers, outside autocast, and on CUDA only while a CUDA graph is captured (see
+    as numbers, outside autocast, and on a GPU only in a step replayed as a CUDA graph (see
     :func:`_second_order_pays`); otherwise, and while the model is traced, compiled,
     exported or transformed (``torch.func``, forward-mode AD), it is ``nn.Conv2d`` itself."""
 
@@ -300,7 +304,7 @@ class SampleLayerNorm(nn.LayerNorm):
     * its second derivative (a gradient penalty's) takes about half the passes over
       memory of torch's generic one (see :func:`_layer_norm_second_order`). That path
       applies to float32/float64 under autograd, outside autocast, when the norm covers
-      all of a sample, and on CUDA only while a CUDA graph is captured; otherwise, and
+      all of a sample, and on a GPU only in a step replayed as a CUDA graph; otherwise, and
       while the model is traced, compiled, exported or transformed (``torch.func``,
       forward-mode AD), it is torch's own layer norm.
     """
@@ -374,8 +378,8 @@ class PenaltyLeakyReLU(nn.LeakyReLU):
     """``nn.LeakyReLU`` whose second derivative skips a zero term (see
     :class:`_LeakyReLUGradient`): the same results, less work in a gradient penalty. In
     place, where custom autograd functions do not apply (see
-    :func:`_custom_autograd_applies`), and on CUDA outside CUDA-graph capture, it is
-    ``nn.LeakyReLU`` itself."""
+    :func:`_custom_autograd_applies`), and on a GPU outside steps replayed as CUDA graphs,
+    it is ``nn.LeakyReLU`` itself."""
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.inplace and _custom_autograd_applies(x) and _second_order_pays(x):

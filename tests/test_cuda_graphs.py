@@ -7,12 +7,14 @@ without it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import pytest
 import torch
 
-from synthsets.cuda_graphs import GraphedStep
+from synthsets import discriminator, distill
+from synthsets.cuda_graphs import GraphedStep, in_graphed_step
 from synthsets.data import RealData, RealSplit
 from synthsets.distill import DistillConfig, Distiller, _set_capturable, apply_preset
 
@@ -76,6 +78,45 @@ def test_set_capturable_moves_adam_step_counters():
     assert opt.state[p]["step"].item() == 2
 
 
+
+def test_a_disabled_graphed_step_is_not_a_graphed_step():
+    """Layers that are fast only in graphs (the discriminator's) see a plain call."""
+    seen = []
+    runner = GraphedStep(lambda idx: seen.append(in_graphed_step()) or {}, warmup=1, enabled=False)
+    runner(torch.zeros(1))
+    assert seen == [False] and not in_graphed_step()
+
+
+@needs_cuda
+def test_warmup_and_capture_run_as_a_graphed_step_and_eager_fallback_does_not():
+    """Warm-up calls run the code the capture records: the same layers choose the same
+    path in both. After a failed capture, the eager calls are plain ones."""
+    seen = []
+
+    def step(idx):
+        seen.append(in_graphed_step())
+        return {"x": idx * 2}
+
+    runner = GraphedStep(step, warmup=2)
+    for _ in range(4):
+        runner(torch.ones(3, device="cuda"))
+    assert runner.captured and seen == [True, True, True]  # 2 warm-ups, the capture; replays call nothing
+    assert not in_graphed_step()
+
+    def failing(idx):
+        seen.append(in_graphed_step())
+        if torch.cuda.is_current_stream_capturing():
+            raise RuntimeError("not capturable")
+        return {"x": idx}
+
+    seen.clear()
+    runner = GraphedStep(failing, warmup=1)
+    with pytest.warns(RuntimeWarning, match="capture of the training step failed"):
+        for _ in range(3):
+            runner(torch.ones(3, device="cuda"))
+    assert runner.failure is not None and seen == [True, True, False, False]
+
+
 # -- CUDA --------------------------------------------------------------------------------------
 @needs_cuda
 def test_graph_replays_match_eager_calls_and_draw_fresh_randomness():
@@ -114,9 +155,11 @@ def test_graph_replays_match_eager_calls_and_draw_fresh_randomness():
 @pytest.fixture
 def exact_fp32(monkeypatch):
     """Plain fp32 convolutions with fixed algorithms, so two runs differ by rounding only
-    (by default cuDNN may use TF32 and pick algorithms by timing)."""
+    (by default cuDNN may use TF32 and pick algorithms by timing; the trainer turns timing
+    on for its epochs)."""
 
     def apply() -> None:
+        monkeypatch.setattr(distill, "_cudnn_benchmark", contextlib.nullcontext)
         monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
         monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
         monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
@@ -126,7 +169,9 @@ def exact_fp32(monkeypatch):
 
 
 @needs_cuda
-def test_distiller_steps_are_captured_and_match_eager(tmp_path, exact_fp32):
+def test_distiller_steps_are_captured_and_match_eager(tmp_path, exact_fp32, monkeypatch):
+    # the discriminator's custom layers in the eager run too, as in the graphed one
+    monkeypatch.setattr(discriminator, "CUSTOM_SECOND_ORDER_IN_CUDA_EAGER", True)
     real = random_real()
     records = {}
     for graphs in (False, True):

@@ -8,6 +8,7 @@ from torch import nn
 
 from synthsets import discriminator as discriminator_module
 from synthsets import preferred_memory_format
+from synthsets.cuda_graphs import _graphed
 from synthsets.discriminator import (
     Discriminator,
     PenaltyConv2d,
@@ -150,9 +151,11 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.i
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("channels,size", [(1, 28), (3, 32)])
-def test_gradient_penalty_is_the_same_in_either_layout(channels, size, device):
+def test_gradient_penalty_is_the_same_in_either_layout(channels, size, device, monkeypatch):
     """Same scores, penalty and parameter gradients whichever layout D and its inputs are in
-    (float64, where the different summation orders leave no visible difference)."""
+    (float64, where the different summation orders leave no visible difference); on CUDA
+    with the custom layers forced on outside CUDA graphs."""
+    monkeypatch.setattr(discriminator_module, "CUSTOM_SECOND_ORDER_IN_CUDA_EAGER", True)
     torch.manual_seed(0)
     real = torch.randn(4, channels, size, size, dtype=torch.double, device=device)
     fake = torch.randn(4, channels, size, size, dtype=torch.double, device=device)
@@ -180,16 +183,20 @@ def _on(device_type: str) -> object:
     return SimpleNamespace(device=SimpleNamespace(type=device_type))
 
 
-def test_custom_second_order_runs_off_cuda_and_in_cuda_graphs_only(monkeypatch):
-    """Always on a CPU; on CUDA only while a graph is captured (eagerly, their Python
-    overhead outweighs what they save there), or when switched on for all of CUDA."""
+def test_custom_second_order_runs_on_cpu_and_in_graphed_steps_only(monkeypatch):
+    """Always on a CPU; on a GPU only in a step replayed as a CUDA graph (a GraphedStep's
+    warm-up and capture, or any capture): eagerly, their Python overhead outweighs what
+    they save there. Or when switched on for eager GPU work too."""
     capturing = []
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: bool(capturing))
     assert _second_order_pays(_on("cpu")) and _second_order_pays(torch.zeros(1))
-    assert not _second_order_pays(_on("cuda"))
+    assert not _second_order_pays(_on("cuda")) and not _second_order_pays(_on("mps"))
     capturing.append(True)
     assert _second_order_pays(_on("cuda"))
     capturing.clear()
+    with _graphed():
+        assert _second_order_pays(_on("cuda")) and _second_order_pays(_on("xpu"))
+    assert not _second_order_pays(_on("cuda"))
     monkeypatch.setattr(discriminator_module, "CUSTOM_SECOND_ORDER_IN_CUDA_EAGER", True)
     assert _second_order_pays(_on("cuda"))
 
