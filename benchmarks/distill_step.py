@@ -106,7 +106,9 @@ class _EagerCustomDistiller:
         with C.custom_layers_in_cuda_eager():
             return self.trainer.run_epoch(epoch)
 
-    def __getattr__(self, name: str) -> Any:
+    def __getattr__(self, name: str) -> Any:  # the rest is the trainer's
+        if name == "trainer":  # not set yet: no recursion
+            raise AttributeError(name)
         return getattr(self.trainer, name)
 
 
