@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import sys
 import tempfile
 import warnings
@@ -394,6 +395,31 @@ def _unreachable_message(filename: str, repo_id: str, local_files_only: bool, ca
     )
 
 
+_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def _hub_host_unresolvable() -> str | None:
+    """Why the Hub's host name does not resolve (no network, no DNS), or None when it does
+    or cannot be told. One quick lookup: on such a failure huggingface_hub retries for
+    about 25 s before it gives up or falls back to its cache. Skipped behind a proxy,
+    which resolves names itself."""
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if any(os.environ.get(name) for name in _PROXY_VARIABLES):
+        return None
+    try:
+        host = urlparse(str(constants.ENDPOINT)).hostname
+        if host:
+            socket.getaddrinfo(host, None)
+    except socket.gaierror as err:
+        return f"cannot resolve {host}: {err.strerror or err}"
+    except (OSError, UnicodeError, ValueError):  # anything else: let huggingface_hub try
+        return None
+    return None
+
+
 def _download(
     repo_id: str,
     filenames: tuple[str, ...],
@@ -406,6 +432,10 @@ def _download(
     from huggingface_hub import hf_hub_download
     from huggingface_hub import errors as hf_errors
 
+    # no network at all: read the cache at once (as huggingface_hub would after its retries)
+    no_network = None if local_files_only or hub_offline() else _hub_host_unresolvable()
+    if no_network and force_download:  # a fresh copy needs the network
+        raise _HubRepoUnavailable(_unreachable_message(filenames[0], repo_id, False, ConnectionError(no_network)))
     folder: Path | None = None
     for filename in filenames:
         # After the first file, pin the commit it came from so that every file of the
@@ -418,7 +448,7 @@ def _download(
                 filename,
                 revision=revision,
                 cache_dir=cache_dir,
-                local_files_only=local_files_only,
+                local_files_only=local_files_only or no_network is not None,
                 token=token,
                 force_download=force_download,
             )
@@ -430,7 +460,8 @@ def _download(
             raise PretrainedNotFoundError(f"Hub repo {repo_id!r} has no revision {revision!r}") from None
         except hf_errors.LocalEntryNotFoundError as err:
             # (a subclass of EntryNotFoundError: it must be caught first)
-            message = _unreachable_message(filename, repo_id, local_files_only, err.__cause__)
+            cause = ConnectionError(no_network) if no_network else err.__cause__
+            message = _unreachable_message(filename, repo_id, local_files_only, cause)
             if folder is None:  # nothing of the repo is at hand: it may not exist at all
                 raise _HubRepoUnavailable(message) from None
             raise PretrainedNotFoundError(message) from None

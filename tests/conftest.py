@@ -176,6 +176,11 @@ def hf_isolation(monkeypatch, tmp_path_factory):
             module = sys.modules.get(module_name)
             if module is not None and hasattr(module, name):
                 monkeypatch.setattr(module, name, value)
+    # no real host-name lookup before a download (synthsets.hub's no-network check): tests
+    # that want it put it back and make the lookups fail (tests/test_hub.py, no_dns)
+    import synthsets.hub
+
+    monkeypatch.setattr(synthsets.hub, "_hub_host_unresolvable", lambda: None)
     yield SimpleNamespace(home=home, hub_cache=hub_cache)
 
 

@@ -182,6 +182,70 @@ def test_offline_with_a_partial_cache(hf_isolation, saved_generator):
         Generator.from_pretrained("owner/name")
 
 
+# -- no network at all: the Hub's host name does not resolve ---------------------------------------
+_host_check = hub_module._hub_host_unresolvable  # the suite's autouse fixture turns it off
+
+
+@pytest.fixture
+def no_dns(monkeypatch):
+    """Online mode, no proxy, and every host name lookup fails (as on a machine without a
+    network). Records the lookups and each download's ``local_files_only``."""
+    import socket
+    from types import SimpleNamespace
+
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    for name in hub_module._PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    record = SimpleNamespace(lookups=[], downloads=[])
+
+    def fail(host, *args, **kwargs):
+        record.lookups.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    real_download = huggingface_hub.hf_hub_download
+
+    def download(*args, **kwargs):
+        record.downloads.append(kwargs.get("local_files_only"))
+        return real_download(*args, **kwargs)
+
+    monkeypatch.setattr(hub_module, "_hub_host_unresolvable", _host_check)
+    monkeypatch.setattr(socket, "getaddrinfo", fail)
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", download)
+    return record
+
+
+def test_without_a_network_a_cached_repo_loads_at_once(no_dns, hf_isolation, saved_generator, tiny_generator):
+    """The cache is read straight away, not after huggingface_hub's retries (about 25 s)."""
+    build_hf_cache(hf_isolation.hub_cache, "owner/name", saved_generator, "a" * 40)
+    assert_same_weights(Generator.from_pretrained("owner/name"), tiny_generator)
+    assert len(no_dns.lookups) == 1 and no_dns.downloads == [True, True]
+
+
+def test_without_a_network_an_uncached_repo_says_so_at_once(no_dns):
+    with pytest.raises(PretrainedNotFoundError) as info:
+        Generator.from_pretrained("owner/name")
+    message = str(info.value)
+    assert "the Hub could not be reached (ConnectionError: cannot resolve" in message
+    assert "Name or service not known" in message and "check the network connection" in message
+    assert no_dns.downloads == [True]  # the cache only: no network attempt
+    with pytest.raises(PretrainedNotFoundError, match="could not be reached .*cannot resolve"):
+        Generator.from_pretrained("owner/name", force_download=True)  # needs the network
+
+
+def test_host_lookup_is_skipped_behind_a_proxy_and_when_downloads_are_off(no_dns, monkeypatch):
+    assert hub_module._hub_host_unresolvable().startswith("cannot resolve ")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")  # the proxy resolves names
+    assert hub_module._hub_host_unresolvable() is None
+    monkeypatch.delenv("HTTPS_PROXY")
+    lookups = len(no_dns.lookups)
+    with pytest.raises(PretrainedNotFoundError, match="downloads are off"):
+        Generator.from_pretrained("owner/name", local_files_only=True)
+    assert len(no_dns.lookups) == lookups  # nothing to look up
+
+
 # -- a Hub, through the real huggingface_hub client -----------------------------------------------
 @pytest.mark.parametrize("xet", [True, False], ids=["xet-client", "plain-client"])
 def test_push_then_download_round_trip(hub_endpoint, make_generator, tmp_path, monkeypatch, xet):
