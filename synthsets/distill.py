@@ -48,6 +48,7 @@ from .data import RealData, load_real
 from .dataset import SEED_BOUND, _mix_seed, resolve_device
 from .discriminator import Discriminator, gradient_penalty
 from .generator import Generator, GeneratorConfig
+from . import hub as _hub
 from .hub import (
     UploadError,
     WeightsError,
@@ -414,6 +415,21 @@ GRAPH_WARMUP_STEPS = 3  # eager steps per epoch before the step is captured as a
 
 
 # -- the trainer -------------------------------------------------------------------------
+
+def _check_hub_reachable(config: DistillConfig) -> None:
+    """Refuse ``push_to_hub`` before training when it cannot work: huggingface_hub is
+    offline, or there is no network at all (the Hub's host name does not resolve)."""
+    if hub_offline():
+        why, fix = "huggingface_hub is offline (HF_HUB_OFFLINE=1)", "unset it"
+    else:
+        why = _hub._hub_host_unresolvable()
+        if why is None:
+            return
+        why, fix = f"the Hub cannot be reached ({why})", "check the network connection"
+    raise _bad("push_to_hub", f"{config.push_to_hub!r} needs the network, but {why}: {fix}, or leave the option "
+                              f"out and upload the finished folder later with: hf upload {config.push_to_hub} "
+                              f"{config.out} . --exclude 'checkpoints/*'")
+
 class Distiller:
     """Runs stage 1 and stage 2 with checkpoints, logs, sample grids and a model card.
 
@@ -424,11 +440,8 @@ class Distiller:
         config.validate()  # again: fields may have been changed since construction
         config = apply_preset(config, explicit=_explicit_fields(config))  # a no-op if applied already
         _check_out(Path(config.out))
-        if config.push_to_hub and hub_offline():  # found out now, not after hours of training
-            raise _bad("push_to_hub", f"{config.push_to_hub!r} needs the network, but huggingface_hub is offline "
-                                      "(HF_HUB_OFFLINE=1): unset it, or leave the option out and upload the "
-                                      f"finished folder later with: hf upload {config.push_to_hub} {config.out} . "
-                                      "--exclude 'checkpoints/*'")
+        if config.push_to_hub:  # found out now, not after hours of training
+            _check_hub_reachable(config)
         self.cfg = config
         self.device, self.rank, self.world, self._started_dist = _setup_distributed(config.device)
         try:
