@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import card
+from . import hub as _hub
 from .allocator import tune_cpu_allocator
 from .augment import DSA
 from .checkpoint import load_checkpoint, optimizer_state, save_checkpoint
@@ -48,7 +49,6 @@ from .data import RealData, load_real
 from .dataset import SEED_BOUND, _mix_seed, resolve_device
 from .discriminator import Discriminator, gradient_penalty
 from .generator import Generator, GeneratorConfig
-from . import hub as _hub
 from .hub import (
     UploadError,
     WeightsError,
@@ -415,7 +415,6 @@ GRAPH_WARMUP_STEPS = 3  # eager steps per epoch before the step is captured as a
 
 
 # -- the trainer -------------------------------------------------------------------------
-
 def _check_hub_reachable(config: DistillConfig) -> None:
     """Refuse ``push_to_hub`` before training when it cannot work: huggingface_hub is
     offline, or there is no network at all (the Hub's host name does not resolve)."""
@@ -429,6 +428,7 @@ def _check_hub_reachable(config: DistillConfig) -> None:
     raise _bad("push_to_hub", f"{config.push_to_hub!r} needs the network, but {why}: {fix}, or leave the option "
                               f"out and upload the finished folder later with: hf upload {config.push_to_hub} "
                               f"{config.out} . --exclude 'checkpoints/*'")
+
 
 class Distiller:
     """Runs stage 1 and stage 2 with checkpoints, logs, sample grids and a model card.
