@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
@@ -328,18 +328,14 @@ def torch_norm_second_order(model: torch.nn.Module) -> torch.nn.Module:
     return _as_stock(model, {SampleLayerNorm: TorchSecondOrderNorm})
 
 
-@contextlib.contextmanager
-def custom_layers_in_cuda_eager() -> Iterator[None]:
+def custom_layers_in_cuda_eager() -> contextlib.AbstractContextManager:
     """The discriminator's custom second-derivative layers on CUDA without CUDA graphs too
     (the library leaves them to captured steps there)."""
+    import unittest.mock
+
     from synthsets import discriminator
 
-    saved = discriminator.CUSTOM_SECOND_ORDER_IN_CUDA_EAGER
-    discriminator.CUSTOM_SECOND_ORDER_IN_CUDA_EAGER = True
-    try:
-        yield
-    finally:
-        discriminator.CUSTOM_SECOND_ORDER_IN_CUDA_EAGER = saved
+    return unittest.mock.patch.object(discriminator, "CUSTOM_SECOND_ORDER_IN_CUDA_EAGER", True)
 
 
 def sgd(model: torch.nn.Module) -> torch.optim.Optimizer:

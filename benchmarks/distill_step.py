@@ -121,8 +121,8 @@ VARIANTS: dict[str, Callable[[DistillConfig, RealData], Any]] = {
     "library-stock-norm": _stock_norm_distiller,  # ... with torch's layer-norm double backward
     "naive": NaiveDistiller,
 }
-CPU_SAME_AS_LIBRARY = ("library-eager", "library-cl")  # no graphs on CPU; G and D already channels_last there
-CUDA_ONLY = (*CPU_SAME_AS_LIBRARY, "library-eager-custom")
+#: no graphs on CPU, where G and D are already channels_last and the custom layers always on
+CUDA_ONLY = ("library-eager", "library-cl", "library-eager-custom")
 #: variants compared with the library itself: JSON key, printed label, and whether the
 #: library is the faster one when the ratio is > 1 (else the variant is)
 EXPERIMENTS = {

@@ -5,6 +5,8 @@
   cache or credentials or reaches the network. Request it by name to get its paths.
 * ``hub_endpoint``: a local in-memory Hub (``tests/hub_server.py``); while it is active
   the real ``huggingface_hub`` client talks to it (online mode, ``HF_ENDPOINT`` set).
+* ``no_dns``: online mode with no network at all (every host-name lookup fails), the
+  Hub client's downloads recorded.
 * ``make_generator`` / ``tiny_generator`` / ``saved_generator``: small generators
   (width 16, 10 classes) whose outputs are diverse in eval mode.
 
@@ -26,7 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `import hub_serv
 os.environ["SYNTHSETS_TUNE_MALLOC"] = "0"
 
 import synthsets  # noqa: E402
+import synthsets.hub  # noqa: E402
 from hub_server import HubServer  # noqa: E402
+
+_HOST_CHECK = synthsets.hub._hub_host_unresolvable  # hf_isolation turns it off; no_dns puts it back
 
 #: the two shapes of the paper: 28x28 grey (MNIST-like) and 32x32 colour (CIFAR-like)
 GENERATOR_VARIANTS = {
@@ -177,11 +182,39 @@ def hf_isolation(monkeypatch, tmp_path_factory):
             if module is not None and hasattr(module, name):
                 monkeypatch.setattr(module, name, value)
     # no real host-name lookup before a download (synthsets.hub's no-network check): tests
-    # that want it put it back and make the lookups fail (tests/test_hub.py, no_dns)
-    import synthsets.hub
-
+    # that want it put it back and make the lookups fail (no_dns)
     monkeypatch.setattr(synthsets.hub, "_hub_host_unresolvable", lambda: None)
     yield SimpleNamespace(home=home, hub_cache=hub_cache)
+
+
+@pytest.fixture
+def no_dns(monkeypatch, hf_isolation):
+    """Online mode, no proxy, and every host-name lookup fails (as on a machine without a
+    network). Records the lookups and each download's ``local_files_only``."""
+    import socket
+
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    for name in synthsets.hub._PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    record = SimpleNamespace(lookups=[], downloads=[])
+
+    def fail(host, *args, **kwargs):
+        record.lookups.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    real_download = huggingface_hub.hf_hub_download
+
+    def download(*args, **kwargs):
+        record.downloads.append(kwargs.get("local_files_only"))
+        return real_download(*args, **kwargs)
+
+    monkeypatch.setattr(synthsets.hub, "_hub_host_unresolvable", _HOST_CHECK)
+    monkeypatch.setattr(socket, "getaddrinfo", fail)
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", download)
+    return record
 
 
 @pytest.fixture

@@ -30,7 +30,6 @@ from synthsets.augment import DSA
 from synthsets.checkpoint import load_checkpoint, save_checkpoint
 from synthsets.data import DataNotFoundError, load_real
 from synthsets.distill import PRESETS, DistillConfig, Distiller, apply_preset, main
-from synthsets.hub import _hub_host_unresolvable as REAL_HOST_CHECK  # the suite's fixture turns it off
 
 REPO_ROOT = Path(synthsets.__file__).resolve().parent.parent
 CLASSES = ["ant", "bee", "cat"]
@@ -1058,20 +1057,8 @@ def test_push_to_hub_offline_is_refused_before_training(grey28, tmp_path, capsys
     assert not out.exists()  # nothing trained
 
 
-def test_push_to_hub_without_a_network_is_refused_before_training(grey28, tmp_path, capsys, monkeypatch):
+def test_push_to_hub_without_a_network_is_refused_before_training(grey28, tmp_path, capsys, no_dns):
     """No network at all (the Hub's host name does not resolve): refused at once too."""
-    from huggingface_hub import constants
-
-    import synthsets.hub
-
-    def no_dns(host, *args, **kwargs):
-        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    for name in synthsets.hub._PROXY_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(synthsets.hub, "_hub_host_unresolvable", REAL_HOST_CHECK)  # the suite turns it off
-    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
     out = tmp_path / "run"
     assert run_cli(grey28, out, "--push-to-hub", "me/dim-grey") == 2
     err = capsys.readouterr().err

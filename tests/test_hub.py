@@ -183,40 +183,6 @@ def test_offline_with_a_partial_cache(hf_isolation, saved_generator):
 
 
 # -- no network at all: the Hub's host name does not resolve ---------------------------------------
-_host_check = hub_module._hub_host_unresolvable  # the suite's autouse fixture turns it off
-
-
-@pytest.fixture
-def no_dns(monkeypatch):
-    """Online mode, no proxy, and every host name lookup fails (as on a machine without a
-    network). Records the lookups and each download's ``local_files_only``."""
-    import socket
-    from types import SimpleNamespace
-
-    import huggingface_hub
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    for name in hub_module._PROXY_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    record = SimpleNamespace(lookups=[], downloads=[])
-
-    def fail(host, *args, **kwargs):
-        record.lookups.append(host)
-        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-
-    real_download = huggingface_hub.hf_hub_download
-
-    def download(*args, **kwargs):
-        record.downloads.append(kwargs.get("local_files_only"))
-        return real_download(*args, **kwargs)
-
-    monkeypatch.setattr(hub_module, "_hub_host_unresolvable", _host_check)
-    monkeypatch.setattr(socket, "getaddrinfo", fail)
-    monkeypatch.setattr("huggingface_hub.hf_hub_download", download)
-    return record
-
-
 def test_without_a_network_a_cached_repo_loads_at_once(no_dns, hf_isolation, saved_generator, tiny_generator):
     """The cache is read straight away, not after huggingface_hub's retries (about 25 s)."""
     build_hf_cache(hf_isolation.hub_cache, "owner/name", saved_generator, "a" * 40)
