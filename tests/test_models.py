@@ -315,6 +315,43 @@ def test_relu_avgpool2x2_function_is_relu_then_avg_pool2d(shape):
     assert activated.data_ptr() == y.data_ptr() and torch.equal(y, before.clamp(min=0))  # in place
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 8, 6), (4, 8, 32, 32), (3, 5, 2, 16)])
+def test_window_grad_is_avg_pool2d_backward_bit_for_bit(shape):
+    """The pooling's backward (an index_select over window rows) is torch's, exactly, for any
+    layout of the incoming gradient."""
+    from synthsets.models import _window_grad
+
+    x = torch.randn(*shape)
+    n, c, h, w = shape
+    for grad in (
+        torch.randn(n, c, h // 2, w // 2),
+        torch.randn(n, c, h // 2, w // 2).contiguous(memory_format=torch.channels_last),
+        torch.randn(n, c, h // 2, w).narrow(3, 1, w // 2),  # a strided view
+    ):
+        ref = torch.ops.aten.avg_pool2d_backward(grad, x, [2, 2], [2, 2], [0, 0], False, True, None)
+        out = _window_grad(grad)
+        assert out.shape == x.shape and out.is_contiguous() and torch.equal(out, ref)
+
+
+def test_relu_avgpool2x2_backward_leaves_incoming_gradients_unchanged():
+    """The ReLU's mask is applied in place only to a buffer the backward made itself: a
+    gradient handed in for the activated tensor alone is read, not overwritten."""
+    from synthsets.models import _ReLUAvgPool2x2Cpu
+
+    x = torch.randn(4, 8, 16, 16, requires_grad=True)
+    _, activated = _ReLUAvgPool2x2Cpu.apply(x * 1)
+    g = torch.randn(4, 8, 16, 16)
+    before = g.clone()
+    (dx,) = torch.autograd.grad(activated, x, g)
+    assert torch.equal(g, before)
+    assert torch.equal(dx, torch.where(x > 0, g, torch.zeros(())))
+    pooled, activated = _ReLUAvgPool2x2Cpu.apply(x * 1)  # both outputs: a fresh sum, masked in place
+    gp = torch.randn_like(pooled)
+    (dx,) = torch.autograd.grad((pooled, activated), x, (gp, g))
+    ref = torch.where(x > 0, g + torch.ops.aten.avg_pool2d_backward(gp, x, [2, 2], [2, 2], [0, 0], False, True, None), 0.0)
+    assert torch.equal(g, before) and torch.equal(dx, ref)
+
+
 def _convnet_loss_and_grads(model, x, y):
     loss = nn.functional.cross_entropy(model(x), y)
     return loss, torch.autograd.grad(loss, list(model.parameters()))
