@@ -95,8 +95,8 @@ def _avg_pool2x2(x: torch.Tensor) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=None)
 def _window_columns(half_width: int) -> torch.Tensor:
-    """For each column of a window row pair (``2 * width`` values laid end to end), the
-    column of the pooled row it came from: ``[0, 0, 1, 1, ..., 0, 0, 1, 1, ...]``."""
+    """For each of the ``4 * half_width`` values of a window row pair (two input rows laid
+    end to end), the column of the pooled row it came from: ``[0, 0, 1, 1, ..., 0, 0, 1, 1, ...]``."""
     with torch.inference_mode(False):  # an ordinary tensor, which backward may save
         return torch.arange(2 * half_width).div(2, rounding_mode="floor").repeat(2)
 
