@@ -327,6 +327,7 @@ def test_window_grad_is_avg_pool2d_backward_bit_for_bit(shape):
         torch.randn(n, c, h // 2, w // 2),
         torch.randn(n, c, h // 2, w // 2).contiguous(memory_format=torch.channels_last),
         torch.randn(n, c, h // 2, w).narrow(3, 1, w // 2),  # a strided view
+        torch.randn(()).expand(n, c, h // 2, w // 2),  # what the backward of a sum hands in
     ):
         ref = torch.ops.aten.avg_pool2d_backward(grad, x, [2, 2], [2, 2], [0, 0], False, True, None)
         out = _window_grad(grad)
