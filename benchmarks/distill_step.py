@@ -35,7 +35,12 @@ Sizes: ``--preset`` tiny (``--tiny``), cpu-small (default on CPU: width 64, batc
 1x28x28 data, ConvNet-3 pool) or paper (default on CUDA: width 196, batch 64, 3x32x32,
 the full models pool).
 
-    python -m benchmarks.distill_step [--device cpu] [--preset cpu-small] [--tiny]
+``--breakdown`` (CPU) splits each variant's step into matrix products (convolutions and
+matrix multiplies, timed operator by operator) and everything else, and reports the
+bound that follows: the library's speed-up if everything but its matrix products were
+free, and how much of its other work it may keep at 1.5x.
+
+    python -m benchmarks.distill_step [--device cpu] [--preset cpu-small] [--tiny] [--breakdown]
 """
 
 from __future__ import annotations
@@ -50,10 +55,12 @@ if not __package__:  # run as a file (python benchmarks/distill_step.py): import
 
 import contextlib
 import dataclasses
+import time
 import unittest.mock
 from typing import Any, Callable, Sequence
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from synthsets import distill
 from synthsets.data import RealData, RealSplit
@@ -303,7 +310,73 @@ def build_parser():
     p.add_argument("--profile", action="store_true",
                    help="also profile one stage-1 epoch of the library without CUDA graphs and report "
                         "the operators that take the most time (self time, on the device on CUDA)")
+    p.add_argument("--breakdown", action="store_true",
+                   help="CPU: also split the library's and the naive loop's steps into matrix products and "
+                        "everything else, and report the speed-up bound that follows")
     return p
+
+
+#: aten operators that are matrix products (oneDNN / BLAS arithmetic), the work both loops share
+MATRIX_OPS = frozenset({"convolution", "_convolution", "mkldnn_convolution", "convolution_backward",
+                        "mm", "bmm", "addmm", "baddbmm", "addbmm"})
+
+
+class _OpTimer(TorchDispatchMode):
+    """Host time of every aten call run under it, summed for matrix products and for the
+    rest. Meaningful on a CPU only, where a call's host time is its cost."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.matrix_ms = 0.0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ not in MATRIX_OPS:
+            return func(*args, **(kwargs or {}))
+        start = time.perf_counter()
+        out = func(*args, **(kwargs or {}))
+        self.matrix_ms += (time.perf_counter() - start) * 1000
+        return out
+
+
+def breakdown(preset: str, steps1: int, steps2: int, n: int, seed: int, rounds: int = 5) -> dict[str, Any]:
+    """Per stage, for the library and the naive loop on CPU: wall ms per step, and how many
+    of them go to matrix products (each such call timed on its own; the rest is the
+    difference). Each round runs, for both variants in alternating order, one epoch timed
+    whole and one operator by operator; figures are medians over rounds, ratios medians of
+    per-round ratios. From these: the most the library could gain if all its other work
+    were free (``bound``), and how much of that other work it may keep at 1.5x."""
+    rows, summary = [], {}
+    for stage, steps in ((1, steps1), (2, steps2)):
+        trainers = {v: build_variant(v, "cpu", preset, steps1, steps2, n, seed) for v in ("library", "naive")}
+        first = 0 if stage == 1 else trainers["library"][1].stage1_epochs
+        for trainer, _ in trainers.values():  # warm-up
+            for e in range(2):
+                trainer.run_epoch(first + e)
+        wall: dict[str, list[float]] = {v: [] for v in trainers}
+        matrix: dict[str, list[float]] = {v: [] for v in trainers}
+        for r in range(rounds):
+            for variant in trainers if r % 2 == 0 else reversed(list(trainers)):
+                trainer = trainers[variant][0]
+                start = time.perf_counter()
+                trainer.run_epoch(first + 2 + 2 * r)
+                wall[variant].append((time.perf_counter() - start) * 1000 / steps)
+                with _OpTimer() as timer:
+                    trainer.run_epoch(first + 3 + 2 * r)
+                matrix[variant].append(min(timer.matrix_ms / steps, wall[variant][-1]))
+        med = {v: (C.median(wall[v]), C.median(matrix[v])) for v in trainers}
+        for variant, (w, m) in med.items():
+            rows.append({"stage": stage, "variant": variant, "ms_per_step": round(w, 1), "matrix_ms": round(m, 1),
+                         "other_ms": round(w - m, 1), "matrix_share": round(m / w, 3)})
+        (lib_wall, lib_matrix), (naive_wall, _) = med["library"], med["naive"]
+        other, keep = lib_wall - lib_matrix, naive_wall / 1.5 - lib_matrix
+        summary[f"stage{stage}"] = {
+            "speedup": round(C.ratio(wall["naive"], wall["library"]), 3),
+            "bound": round(C.ratio(wall["naive"], matrix["library"]), 3),
+            "library_other_ms": round(other, 1),
+            "other_ms_at_1_5x": round(keep, 1),
+            "other_cut_needed_pct": round(100 * max(0.0, 1 - keep / other), 1) if other > 0 else 0.0,
+        }
+    return {"rows": rows, "summary": summary}
 
 
 def profile_stage1(device: torch.device, preset: str, steps: int, n: int, seed: int, top: int = 15) -> list[dict[str, Any]]:
@@ -415,6 +488,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         except Exception as err:  # a profiler that cannot start must not cost the timings above
             results["profile_error"] = f"{type(err).__name__}: {err}"
             print(f"profiling failed, timings kept: {results['profile_error']}")
+    if args.breakdown and cpu:
+        C.write_json(args.json, "distill_step", args, device, results)
+        results["breakdown"] = breakdown(args.preset, args.steps1, args.steps2, n, args.seed, 1 if args.tiny else 5)
+        C.print_table("Where a step's time goes (matrix products: convolutions and matrix multiplies, each call timed)",
+                      results["breakdown"]["rows"], [
+                          ("stage", "stage", ""), ("variant", "implementation", ""), ("ms_per_step", "ms / step", ".1f"),
+                          ("matrix_ms", "matrix products ms", ".1f"), ("other_ms", "other ms", ".1f"),
+                          ("matrix_share", "matrix share", ".0%"),
+                      ])
+        for stage, b in results["breakdown"]["summary"].items():
+            print(f"{stage}: {b['speedup']:.2f}x; at most {b['bound']:.2f}x if all but the library's matrix products "
+                  f"were free; 1.5x needs its other work at {b['other_ms_at_1_5x']:.1f} ms per step "
+                  f"(now {b['library_other_ms']:.1f}: {b['other_cut_needed_pct']:.0f}% less)")
+    elif args.breakdown:
+        print("--breakdown times operators on the host: CPU only, skipped")
     if "profile_stage1" in results:
         where = "device" if not cpu else "CPU"
         C.print_table(f"Stage-1 step of the library without CUDA graphs: top operators by {where} self time",

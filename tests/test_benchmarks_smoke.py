@@ -117,6 +117,26 @@ def test_distill_step_layout_experiment(tmp_path, capsys, one_thread, monkeypatc
     assert "library-cl (G and D in channels_last) vs library, speed-up: stage1" in printed
 
 
+def test_distill_step_breakdown(tmp_path, capsys, one_thread):
+    """--breakdown: each variant's step split into matrix products and the rest, and the
+    bound on the library's speed-up that follows from them."""
+    data, printed = _run("distill_step", tmp_path, capsys, one_thread + ["--no-memory", "--variants", "library", "naive",
+                                                                         "--breakdown"])
+    rows = data["breakdown"]["rows"]
+    assert {(r["stage"], r["variant"]) for r in rows} == {(s, v) for s in (1, 2) for v in ("library", "naive")}
+    for r in rows:
+        assert 0 < r["matrix_ms"] <= r["ms_per_step"] and 0 < r["matrix_share"] <= 1
+        assert abs(r["matrix_ms"] + r["other_ms"] - r["ms_per_step"]) < 0.2
+    walls = {(r["stage"], r["variant"]): r for r in rows}
+    for stage in (1, 2):
+        summary = data["breakdown"]["summary"][f"stage{stage}"]
+        naive, library = walls[(stage, "naive")], walls[(stage, "library")]
+        assert summary["bound"] == pytest.approx(naive["ms_per_step"] / library["matrix_ms"], rel=0.02)
+        assert summary["bound"] >= summary["speedup"] > 0  # nothing beats the bound
+        assert summary["other_ms_at_1_5x"] == pytest.approx(naive["ms_per_step"] / 1.5 - library["matrix_ms"], abs=0.2)
+    assert "Where a step's time goes" in printed and "stage2: " in printed
+
+
 def test_distill_step_keeps_its_timings_when_profiling_fails(tmp_path, capsys, one_thread, monkeypatch):
     module = importlib.import_module("benchmarks.distill_step")
 
