@@ -322,8 +322,10 @@ MATRIX_OPS = frozenset({"convolution", "_convolution", "mkldnn_convolution", "co
 
 
 class _OpTimer(TorchDispatchMode):
-    """Host time of every aten call run under it, summed for matrix products and for the
-    rest. Meaningful on a CPU only, where a call's host time is its cost."""
+    """The summed host time of the matrix-product calls (:data:`MATRIX_OPS`) run under it;
+    other calls run untimed. Meaningful on a CPU only, where a call's host time is its
+    cost. (The mode sees each call as dispatched: a convolution once, not also the oneDNN
+    kernel it runs.)"""
 
     def __init__(self) -> None:
         super().__init__()
