@@ -458,7 +458,7 @@ def print_table(title: str, rows: list[dict[str, Any]], columns: Sequence[tuple[
 
 
 def write_json(path: Path, name: str, args: argparse.Namespace, device: torch.device, results: dict[str, Any]) -> Path:
-    arguments = {k: (_shown(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    arguments = {k: (_recorded(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     payload = {"benchmark": name, "machine": machine(device), "args": arguments, **results}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -468,8 +468,17 @@ def write_json(path: Path, name: str, args: argparse.Namespace, device: torch.de
 
 
 def _shown(path: Path) -> str:
-    """``path`` relative to the repository when inside it (results must not name local folders)."""
+    """``path`` relative to the repository when inside it, else as given."""
     try:
         return Path(path).resolve().relative_to(REPO_ROOT).as_posix()
     except ValueError:
         return str(path)
+
+
+def _recorded(path: Path) -> str:
+    """``path`` as a results file records it: relative to the repository when inside it,
+    else its file name alone (results must not name the folders of the machine they ran on)."""
+    try:
+        return Path(path).resolve().relative_to(REPO_ROOT).as_posix()
+    except ValueError:
+        return Path(path).name

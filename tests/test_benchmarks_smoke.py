@@ -37,6 +37,7 @@ def _run(name: str, tmp_path: Path, capsys, extra: list[str]) -> tuple[dict, str
     assert data["benchmark"] == name
     assert data["machine"]["torch"] == torch.__version__
     assert data["args"]["tiny"] is True
+    assert data["args"]["json"] == out.name  # outside the repository: the file name, no local folders
     return data, printed
 
 
