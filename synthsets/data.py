@@ -202,17 +202,34 @@ def _bicubic():
 _BICUBIC = _bicubic()
 
 
+#: the folder torchvision keeps each dataset in, under its root (SVHN keeps files in the root itself)
+_TORCHVISION_FOLDERS = {"MNIST": "mnist", "FashionMNIST": "fashion-mnist", "cifar-10-batches-py": "cifar10",
+                        "cifar-100-python": "cifar100"}
+
+
+def _torchvision_folder_hint(path: Path) -> str:
+    """A hint when an image folder given as --data is really a torchvision dataset's folder."""
+    for folder in (path, path.parent):  # MNIST/ itself, or the raw/ inside it
+        name = _TORCHVISION_FOLDERS.get(folder.name)
+        if name is not None:
+            return (f" {folder} is torchvision's {name} folder, not an image folder: "
+                    f"pass --data {name} --root {folder.parent} (data={name!r}, root=...)")
+    return ""
+
+
 def _image_folder(path: Path, size: int | None, channels: int | None):
     from torchvision.datasets import ImageFolder
 
     if channels not in (None, 1, 3):
         raise ValueError(f"channels must be 1, 3 or None (detect), got {channels!r}")
     if not any(p.is_dir() for p in path.iterdir()):
-        raise DataNotFoundError(f"{path} has no class sub-folders (expected {path}/<class>/<image>)")
+        raise DataNotFoundError(
+            f"{path} has no class sub-folders (expected {path}/<class>/<image>).{_torchvision_folder_hint(path)}"
+        )
     try:
         folder = ImageFolder(str(path), loader=_open_image)
     except FileNotFoundError as err:  # class folders without any image file
-        raise DataNotFoundError(f"{path}: {err}") from None
+        raise DataNotFoundError(f"{path}: {str(err).rstrip('.')}.{_torchvision_folder_hint(path)}") from None
     if channels is None:  # grey only if every image is grey (reads headers, not pixels)
         channels = 1 if all(_image_mode(p) in _GREY_MODES for p, _ in folder.samples) else 3
     mode = "L" if channels == 1 else "RGB"
@@ -237,25 +254,42 @@ def image_folder_format(folder: str | Path, per_class: int = 3) -> tuple[int, in
                 with Image.open(file) as image:
                     modes.append(image.mode)
                     widths.append(image.size[0])
-            except OSError:  # not an image: ImageFolder skips it too
+            except OSError:  # not an image: only the format guess skips it (loading names the file)
                 continue
     if not modes:
         return None
     return (1 if all(m in _GREY_MODES for m in modes) else 3), max(set(widths), key=widths.count)
 
 
+class UnreadableImageError(ValueError):
+    """A file in an image folder is not an image PIL can decode (corrupt, truncated or another format)."""
+
+
+def _unreadable(path: str, err: OSError) -> UnreadableImageError:
+    return UnreadableImageError(
+        f"cannot read the image {path} ({type(err).__name__}: {err}); "
+        "remove or replace the file (every file in a class folder must be an image)"
+    )
+
+
 def _image_mode(path: str) -> str:
     from PIL import Image
 
-    with Image.open(path) as image:
-        return image.mode
+    try:
+        with Image.open(path) as image:
+            return image.mode
+    except OSError as err:  # PIL's UnidentifiedImageError included
+        raise _unreadable(path, err) from None
 
 
 def _open_image(path: str, mode: str = "RGB"):
     from PIL import Image
 
-    with Image.open(path) as image:
-        return image.convert(mode)
+    try:
+        with Image.open(path) as image:
+            return image.convert(mode)
+    except OSError as err:  # unidentified or truncated image data
+        raise _unreadable(path, err) from None
 
 
 def _stats(images: Tensor) -> tuple[list[float], list[float]]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import json
+import math
+import numbers
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,6 +27,11 @@ from .models import _conv3x3_to_one_channel, _custom_autograd_applies, _one_outp
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 MODEL_TYPE = "dim-generator"
+
+
+def _is_real(value: Any) -> bool:
+    """A finite int or float (not a bool, a string or NaN)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass
@@ -65,6 +72,8 @@ class GeneratorConfig:
             )
         if self.classes is None:
             self.classes = [str(i) for i in range(self.num_classes)]
+        if isinstance(self.classes, (str, bytes)) or not isinstance(self.classes, (list, tuple)):
+            raise ValueError(f"GeneratorConfig.classes must be a list of class names, got {self.classes!r}")
         self.classes = [str(name) for name in self.classes]
         if len(self.classes) != self.num_classes:
             raise ValueError(f"{len(self.classes)} class names given for num_classes={self.num_classes}")
@@ -75,16 +84,23 @@ class GeneratorConfig:
             stats = getattr(self, name)
             if stats is None:
                 setattr(self, name, [0.5] * self.channels)
-            elif len(stats) != self.channels:
+                continue
+            if not isinstance(stats, (list, tuple)) or not all(_is_real(v) for v in stats):
+                raise ValueError(f"GeneratorConfig.{name} must be a list of finite numbers, got {stats!r}")
+            if len(stats) != self.channels:
                 raise ValueError(f"GeneratorConfig.{name} needs {self.channels} values, got {stats!r}")
+            setattr(self, name, [float(v) for v in stats])
         if any(s <= 0 for s in self.std):
             raise ValueError(f"GeneratorConfig.std must be positive, got {self.std}")
+        if not isinstance(self.extra, dict):
+            raise ValueError(f"GeneratorConfig.extra must be a dict (JSON object), got {self.extra!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"model_type": MODEL_TYPE, **asdict(self)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "GeneratorConfig":
+        """The config of a ``config.json``'s contents (unknown keys are kept in ``extra``)."""
         if not isinstance(data, dict):
             raise ValueError(f"a generator config must be a JSON object, got {type(data).__name__}")
         data = dict(data)
@@ -93,7 +109,10 @@ class GeneratorConfig:
             raise ValueError(f"config model_type is {model_type!r}, expected {MODEL_TYPE!r}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
-        extra = dict(data.pop("extra", {}) or {})
+        extra = data.pop("extra", None) or {}
+        if not isinstance(extra, dict):
+            raise ValueError(f"GeneratorConfig.extra must be a dict (JSON object), got {extra!r}")
+        extra = dict(extra)
         for key in unknown:  # keep unknown keys (newer versions) instead of failing
             extra[key] = data.pop(key)
         return cls(**data, extra=extra)

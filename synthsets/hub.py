@@ -342,10 +342,16 @@ def resolve(
         raise PretrainedNotFoundError(
             f"{path} is a file; pass the folder that holds {' and '.join(filenames)}"
         )
+    skipped_bundled = ""
     if revision is None and not force_download:
         bundled = _find_bundled(text)
         if bundled is not None:
             return bundled
+    elif _find_bundled(text) is not None:
+        options = " and ".join(name for name, on in (("revision", revision is not None),
+                                                     ("force_download", force_download)) if on)
+        skipped_bundled = (f"; {text!r} is also bundled, but {options} asks for the Hub copy: "
+                           f"leave {options} out to use the bundled one")
     bare = _is_bare_name(name_or_path)
     repo_id = hub_repo_id(text) if bare else text
     if isinstance(name_or_path, Path) or _is_path_like(text) or (not bare and not _is_valid_repo_id(repo_id)):
@@ -361,6 +367,10 @@ def resolve(
             raise _HubRepoUnavailable(f"{repo_id!r} is not a valid Hub repo id")
         return _download(repo_id, filenames, revision, cache_dir, local_files_only, token, force_download)
     except PretrainedNotFoundError as err:
+        if skipped_bundled:
+            raise PretrainedNotFoundError(
+                f"the Hub repo {repo_id!r} of generator {text!r} could not be used ({err}){skipped_bundled}"
+            ) from None
         if bare:
             raise PretrainedNotFoundError(
                 f"unknown generator {text!r}{suggestion}: not a folder, not bundled "
@@ -483,8 +493,19 @@ def hub_offline() -> bool:
     return bool(getattr(constants, "HF_HUB_OFFLINE", False))
 
 
+def hub_unreachable() -> tuple[str, str] | None:
+    """``(why, fix)`` when an upload cannot work: huggingface_hub is offline
+    (``HF_HUB_OFFLINE=1``) or the Hub's host name does not resolve (no network); else None."""
+    if hub_offline():
+        return "huggingface_hub is offline (HF_HUB_OFFLINE=1)", "unset it"
+    why = _hub_host_unresolvable()
+    if why is None:
+        return None
+    return f"the Hub cannot be reached ({why})", "check the network connection"
+
+
 class UploadError(RuntimeError):
-    """An upload to the Hub failed; the local folder is complete."""
+    """An upload to the Hub failed, or cannot start (offline); the local files are intact."""
 
 
 def upload_folder_or_explain(folder: str | Path, repo_id: str, commit_message: str) -> str:
@@ -507,8 +528,15 @@ def upload_folder(
     private: bool | None = None,
     commit_message: str = "Upload DiM generator",
 ) -> str:
-    """Create ``repo_id`` if needed and upload ``folder`` to it; returns the commit URL."""
+    """Create ``repo_id`` if needed and upload ``folder`` to it; returns the commit URL.
+    Raises :class:`UploadError` at once when offline or without a network."""
     from huggingface_hub import HfApi
+
+    unreachable = hub_unreachable()
+    if unreachable is not None:
+        why, fix = unreachable
+        raise UploadError(f"cannot upload to {repo_id}: {why}; {fix}, or save the files locally "
+                          f"(save_pretrained(folder)) and upload them later with: hf upload {repo_id} FOLDER .")
 
     api = HfApi(token=token)
     api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)

@@ -125,3 +125,25 @@ def test_failed_download_leaves_no_empty_folders(tmp_path, monkeypatch):
     with pytest.raises(DataNotFoundError):
         load_real("mnist", kept)
     assert (kept / "MNIST" / "raw").is_dir()
+
+
+@pytest.mark.parametrize("channels", [None, 3])  # the format guess reads headers; loading decodes pixels
+def test_corrupt_image_is_named_with_the_fix(tmp_path, monkeypatch, channels):
+    from synthsets.data import UnreadableImageError
+
+    monkeypatch.setenv("SYNTHSETS_CACHE", "0")
+    root = _image_folder(tmp_path / "folder")
+    (root / "train" / "a" / "bad.png").write_bytes(b"notapng")
+    with pytest.raises(UnreadableImageError, match=r"cannot read the image .*train/a/bad\.png .*remove or replace the file"):
+        load_real(root, channels=channels, progress=False)
+    assert issubclass(UnreadableImageError, ValueError)  # the command lines' error handling catches it
+
+
+@pytest.mark.parametrize("inner", ["", "raw"])
+def test_torchvision_folder_passed_as_image_folder_gets_the_right_flags(tmp_path, inner):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "train-images-idx3-ubyte").write_bytes(b"")
+    with pytest.raises(DataNotFoundError, match=rf"torchvision's mnist folder, not an image folder: "
+                                                rf"pass --data mnist --root {tmp_path}"):
+        load_real(tmp_path / "MNIST" / inner)

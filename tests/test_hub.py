@@ -212,6 +212,31 @@ def test_host_lookup_is_skipped_behind_a_proxy_and_when_downloads_are_off(no_dns
     assert len(no_dns.lookups) == lookups  # nothing to look up
 
 
+@pytest.mark.parametrize("options", [{"revision": "main"}, {"force_download": True}], ids=["revision", "force"])
+def test_hub_only_options_on_a_bundled_name_say_how_to_get_the_bundled_copy(bundled, options):
+    name = "toy"
+    with pytest.raises(PretrainedNotFoundError) as info:
+        synthsets.DiM(name, inpc=1, **options)
+    message = str(info.value)
+    option = next(iter(options))
+    assert f"{name!r} is also bundled, but {option} asks for the Hub copy: leave {option} out" in message
+    assert "not bundled" not in message
+
+
+def test_push_without_a_network_or_offline_fails_at_once_with_the_fix(no_dns, make_generator, monkeypatch):
+    from huggingface_hub import constants
+
+    generator = make_generator(seed=3, dataset="toy")
+    with pytest.raises(hub_module.UploadError, match=r"cannot upload to me/toy: the Hub cannot be reached "
+                                                     r"\(cannot resolve .*\); check the network connection, or save "
+                                                     r"the files locally \(save_pretrained\(folder\)\) and upload "
+                                                     r"them later with: hf upload me/toy FOLDER \."):
+        generator.push_to_hub("me/toy")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(hub_module.UploadError, match=r"huggingface_hub is offline \(HF_HUB_OFFLINE=1\); unset it"):
+        generator.push_to_hub("me/toy")
+
+
 # -- a Hub, through the real huggingface_hub client -----------------------------------------------
 @pytest.mark.parametrize("xet", [True, False], ids=["xet-client", "plain-client"])
 def test_push_then_download_round_trip(hub_endpoint, make_generator, tmp_path, monkeypatch, xet):

@@ -244,9 +244,15 @@ def test_many_missing_tensors_are_summarised(saved_generator):
         ({"width": "196"}, "GeneratorConfig.width must be a positive int, got '196'"),
         ({"num_classes": 5}, "10 class names given for num_classes=5"),
         ({"image_size": 30}, "image_size must be 28 or 32"),
-        ({"extra": 5}, "int"),  # a TypeError deep inside becomes a ValueError naming the file
+        ({"extra": 5}, "GeneratorConfig.extra must be a dict (JSON object), got 5"),
+        ({"extra": [1]}, "GeneratorConfig.extra must be a dict (JSON object), got [1]"),
+        ({"classes": "0123456789"}, "GeneratorConfig.classes must be a list of class names, got '0123456789'"),
+        ({"mean": ["0.1"]}, "GeneratorConfig.mean must be a list of finite numbers, got ['0.1']"),
+        ({"std": [float("nan")]}, "GeneratorConfig.std must be a list of finite numbers, got [nan]"),
+        ({"std": 0.3}, "GeneratorConfig.std must be a list of finite numbers, got 0.3"),
     ],
-    ids=["width-str", "classes", "image-size", "extra"],
+    ids=["width-str", "classes", "image-size", "extra-int", "extra-list", "classes-str", "mean-str", "std-nan",
+         "std-scalar"],
 )
 def test_invalid_config_values_name_the_file(saved_generator, changes, problem):
     path = _edit_config(saved_generator, **changes)
