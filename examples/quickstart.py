@@ -47,10 +47,19 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
+    for flag in ("inpc", "epochs", "batch_size"):  # before any work: a typo should not cost a load
+        if getattr(args, flag) < 1:
+            raise SystemExit(f"error: --{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    if not synthsets.is_model(args.model):
+        raise SystemExit(f"error: unknown model {args.model!r}; synthsets models: {synthsets.list_models()}, "
+                         "or any timm model name (timm.list_models('*name*') lists them)")
     torch.manual_seed(args.seed)
     if not torch.cuda.is_available():
         synthsets.tune_cpu_allocator()  # CPU training: keep freed activation memory for reuse (2x faster steps)
-    train = synthsets.DiM(args.generator, inpc=args.inpc, seed=args.seed)  # fresh DSA-augmented images every epoch
+    try:
+        train = synthsets.DiM(args.generator, inpc=args.inpc, seed=args.seed)  # fresh DSA-augmented images every epoch
+    except (FileNotFoundError, ValueError, synthsets.WeightsError) as err:  # unknown name, missing or broken files
+        raise SystemExit(f"error: {err}") from None
     print(train)
     dataset = args.data or train.generator.config.dataset
     try:

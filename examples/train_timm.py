@@ -36,10 +36,16 @@ def main() -> None:
         close = difflib.get_close_matches(args.model, timm.list_models(), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else "; timm.list_models('*name*') lists them"
         raise SystemExit(f"error: unknown timm model {args.model!r}{hint}")
+    for flag in ("inpc", "epochs", "batch_size"):
+        if getattr(args, flag) < 1:
+            raise SystemExit(f"error: --{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     torch.manual_seed(args.seed)
     if not torch.cuda.is_available():
         synthsets.tune_cpu_allocator()  # CPU training: keep freed activation memory for reuse
-    train = synthsets.DiM(args.generator, inpc=args.inpc, seed=args.seed)
+    try:
+        train = synthsets.DiM(args.generator, inpc=args.inpc, seed=args.seed)
+    except (FileNotFoundError, ValueError, synthsets.WeightsError) as err:  # unknown name, missing or broken files
+        raise SystemExit(f"error: {err}") from None
     try:  # the real test set first: a missing one should not cost a training run
         real = load_real(args.data or train.generator.config.dataset, args.root, download=True,
                          image_size=train.image_size, channels=train.channels)

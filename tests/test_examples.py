@@ -113,3 +113,36 @@ def test_sample_grid_reports_bad_arguments_without_a_traceback(args, expected, g
     assert len(message.splitlines()) == 1 and message.startswith("error: "), message
     assert expected.format(tmp=tmp_path) in message
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adir.png", "afile.txt", "generator"]  # nothing created
+
+
+def _run_in_process(script: str, argv: list[str], monkeypatch) -> str:
+    """Run an example's ``main()`` here (the error paths need no fresh interpreter); its exit message."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"example_{script[:-3]}", EXAMPLES / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(sys, "argv", [script, *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        module.main()
+    return str(exit_info.value.code)
+
+
+@pytest.mark.parametrize("script", ["quickstart.py", "train_timm.py"])
+@pytest.mark.parametrize("args, expected", [
+    (["--generator", "mnsit"], "error: unknown generator 'mnsit' (did you mean 'mnist'?)"),
+    (["--inpc", "0"], "error: --inpc must be at least 1, got 0"),
+    (["--batch-size", "0"], "error: --batch-size must be at least 1, got 0"),
+    (["--epochs", "-1"], "error: --epochs must be at least 1, got -1"),
+])
+def test_examples_report_bad_arguments_without_a_traceback(script, args, expected, monkeypatch, hf_isolation):
+    message = _run_in_process(script, args, monkeypatch)
+    assert len(message.splitlines()) == 1 and message.startswith(expected), message
+
+
+def test_quickstart_checks_the_model_name_before_loading_anything(monkeypatch):
+    import synthsets
+
+    monkeypatch.setattr(synthsets, "DiM", lambda *a, **k: pytest.fail("loaded a generator for a bad model name"))
+    message = _run_in_process("quickstart.py", ["--model", "foo"], monkeypatch)
+    assert message.startswith("error: unknown model 'foo'; synthsets models: [") and "timm model name" in message
