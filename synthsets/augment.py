@@ -48,6 +48,7 @@ Internally a draw is a plain ``dict`` produced by :func:`_draw_all` and consumed
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -89,6 +90,10 @@ class DSAParams:
     flip_p: float = 0.5
 
     def __post_init__(self) -> None:
+        for name in ("brightness", "saturation", "contrast", "crop_pad", "scale", "rotate", "cutout", "flip_p"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise ValueError(f"DSAParams.{name} must be a finite number, got {value!r}")
         for name in ("brightness", "saturation", "contrast", "rotate"):
             if getattr(self, name) < 0:
                 raise ValueError(f"DSAParams.{name} must be >= 0, got {getattr(self, name)}")
@@ -406,6 +411,8 @@ def cutmix(
         ``lam * CE(out, y_a) + (1 - lam) * CE(out, y_b)``.
     """
     _check_input(x)
+    if not isinstance(y, Tensor):
+        raise TypeError(f"y must be a tensor of labels (torch.as_tensor(y)), got {type(y).__name__}")
     if len(y) != len(x):
         raise ValueError(f"x and y must have the same length, got {len(x)} and {len(y)}")
     if not beta > 0:

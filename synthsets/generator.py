@@ -248,6 +248,9 @@ class Generator(nn.Module):
                 raise ValueError(f"labels must be integer class indices, got a {labels.dtype} tensor")
             tensor = labels
         else:
+            if isinstance(labels, (int, np.integer)) and not isinstance(labels, bool) or getattr(labels, "ndim", 1) == 0:
+                raise ValueError(f"labels must be a 1-D sequence of class indices, got the single value {labels!r}; "
+                                 f"for one image pass [label]")
             if isinstance(labels, (str, bytes)) or not isinstance(labels, Sequence) and not hasattr(labels, "__array__"):
                 raise ValueError(
                     f"labels must be a 1-D sequence of class indices such as [0, 1, 2], got {labels!r} "
@@ -353,6 +356,10 @@ class Generator(nn.Module):
                     f"got {dtype!r}: other dtypes could not be loaded back"
                 )
         directory = Path(save_directory)
+        blocker = next((p for p in (directory, *directory.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            where = f"{directory} is a file" if blocker == directory else f"{directory} lies under {blocker}, a file"
+            raise FileExistsError(f"cannot save the generator: {where}; give a folder path")
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         if dtype is not None:

@@ -427,3 +427,15 @@ def test_cpu_chunks_give_the_same_images_and_gradients(siamese: bool, monkeypatc
         outputs[chunk] = (out.detach(), x.grad.clone())
     torch.testing.assert_close(outputs[64][0], outputs[10**9][0], rtol=0, atol=1e-6)
     torch.testing.assert_close(outputs[64][1], outputs[10**9][1], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("field, value", [("brightness", float("nan")), ("rotate", "15"), ("scale", float("inf")),
+                                          ("flip_p", None), ("cutout", True)])
+def test_dsa_params_must_be_finite_numbers(field, value):
+    with pytest.raises(ValueError, match=rf"DSAParams\.{field} must be a finite number, got {value!r}"):
+        DSAParams(**{field: value})
+
+
+def test_cutmix_labels_must_be_a_tensor():
+    with pytest.raises(TypeError, match=r"y must be a tensor of labels \(torch.as_tensor\(y\)\), got list"):
+        cutmix(torch.rand(4, 3, 8, 8), [0, 1, 2, 3])

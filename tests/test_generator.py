@@ -338,7 +338,9 @@ def test_saving_is_byte_for_byte_reproducible(make_generator, tmp_path):
     ([0.5, 1.7], "integer class indices"),
     ([True, False], "integer class indices"),
     (torch.tensor([0.0, 1.0]), "integer class indices"),
-    (3, "1-D sequence of class indices"),
+    (3, "1-D sequence of class indices, got the single value 3; for one image pass \\[label\\]"),
+    (__import__("numpy").int64(3), "got the single value .*3.*; for one image pass"),
+    (__import__("numpy").array(3), "got the single value .*3.*; for one image pass"),
     ("012", "1-D sequence of class indices"),
     ([[0, 1], [2, 3]], "integer class indices"),
     (torch.tensor([[0, 1], [2, 3]]), "must be 1-D"),
@@ -466,3 +468,13 @@ def test_fast_transposed_convolution_keeps_output_size_and_stock_paths():
         plain.load_state_dict(fast.state_dict())
         single = torch.randn(8, 5, 5)
         torch.testing.assert_close(fast(single), plain(single))
+
+
+def test_save_pretrained_onto_a_file_names_it(tmp_path):
+    g = Generator(num_classes=4, channels=1, image_size=28, width=8)
+    (tmp_path / "taken").write_text("x")
+    with pytest.raises(FileExistsError, match=r"cannot save the generator: .*taken is a file; give a folder path"):
+        g.save_pretrained(tmp_path / "taken")
+    with pytest.raises(FileExistsError, match=r"deeper lies under .*taken, a file; give a folder path"):
+        g.save_pretrained(tmp_path / "taken" / "deeper")
+    assert (tmp_path / "taken").read_text() == "x"
