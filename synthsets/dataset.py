@@ -31,9 +31,6 @@ from .generator import Generator, fold_batchnorm
 from .hub import _caller_stacklevel
 from .models import preferred_memory_format
 
-#: DataLoader workers whose reads are counted towards epochs (more raise an error).
-MAX_WORKERS = 64
-
 #: DSA strategy used at deployment (paper Sec. 4.1: colour and crop; CutMix is applied by
 #: the training loop, see ``synthsets.evaluate``).
 DEPLOYMENT_STRATEGY = "color_crop"
@@ -207,12 +204,34 @@ class SyntheticDataset(Dataset):
             When ``inpc * num_classes`` is not a multiple of the world size, the last
             items wrap around (as ``DistributedSampler`` pads) so all ranks have equal length.
 
-    Epochs advance with :meth:`set_epoch`, automatically once every item of an epoch has
-    been read and another is asked for (also across CPU DataLoader workers, which share
-    the counter and the epoch set), and at each pass of :meth:`loader`. An item read again
-    by the main process in the same epoch (looked at with ``ds[0]`` before a pass) is
-    counted once, so every pass stays one epoch; :meth:`loader` serves a partly read epoch
-    in full.
+    Epochs advance with :meth:`set_epoch` (as ``DistributedSampler.set_epoch``; it also
+    reaches DataLoader workers, persistent or not), at each pass of :meth:`loader`, and by
+    themselves when an item is read again:
+
+    * **DataLoader passes.** A ``DataLoader`` batch that holds an item already read by a
+      ``DataLoader`` in the current epoch starts the next epoch. A sampler without
+      replacement (``shuffle=True`` or not) reads each item at most once per pass, so every
+      pass is one epoch of new images: also with ``drop_last=True``, over a ``Subset``
+      (``random_split``) and with CPU ``num_workers > 0``, whose workers share the epoch
+      state with this process. After a pass that read every item, or a ``drop_last`` pass
+      (it leaves out fewer items than a batch holds), the next pass moves on at its first
+      batch. After an early ``break``, the next pass moves on at its first batch that
+      repeats an item; batches before that one serve items of the old epoch nobody has
+      read yet (new images too, but not all of one epoch).
+    * **Looking at items.** An item read on its own in this process (``ds[i]``) is looked
+      at, not consumed: reading it again shows the same image, and a ``DataLoader`` pass
+      after it still reads that epoch in full. Reading an item that a pass has read in
+      this epoch, or any item once every item has been read one at a time, starts the
+      next epoch. (A ``DataLoader`` in this process reads items one at a time with
+      ``batch_size=None`` or through a wrapper such as ``ConcatDataset``: such passes only
+      move on once every item has been read.)
+    * **Samplers with replacement** (``RandomSampler(replacement=True)``,
+      ``WeightedRandomSampler``) repeat items within a pass, and each repeat starts a new
+      epoch: images stay new, but are generated more often than once per pass.
+
+    For exact control, call :meth:`set_epoch` at the start of every epoch (a pass then
+    reads that epoch, whatever was read before), or iterate :meth:`loader`, which serves
+    a whole epoch per pass (the current one when it was only looked at, else the next).
     """
 
     def __init__(
@@ -296,18 +315,18 @@ class SyntheticDataset(Dataset):
         per_rank = math.ceil(total / self.world_size)
         self._indices = torch.arange(self.rank, per_rank * self.world_size, self.world_size) % total
         self.targets: list[int] = self._global_labels[self._indices].tolist()
-        # Items served since epoch ``_base_epoch`` started, one slot per process that reads
-        # the dataset (0: this process, 1 + w: DataLoader worker w). The slots live in shared
-        # memory, so worker copies made at fork/spawn time keep counting together and a
-        # DataLoader with workers also gets a new epoch on every pass.
-        self._counts = torch.zeros(1 + MAX_WORKERS, dtype=torch.int64).share_memory_()
-        # shared too: [0] the epoch the counts start from (so set_epoch reaches persistent
-        # workers), [1] how many times the counts restarted
-        self._epoch_state = torch.zeros(2, dtype=torch.int64).share_memory_()
-        # per item, the key (count restarts * 2**31 + epoch + 1) of the epoch in which this
-        # process (slot 0) read it last: an item looked at before a pass (ds[0]) is not
-        # counted again by the pass
-        self._main_reads = torch.zeros(len(self._indices), dtype=torch.int64).share_memory_()
+        # Epoch state, in shared memory: DataLoader worker copies (made at fork/spawn time,
+        # persistent or not) and this process read and move on the same epochs.
+        #   [0] generation: +1 at every change of epoch, whoever makes it (a single word, so
+        #       that workers moving on at the same time agree: each writes the same value)
+        #   [1], [2] the epoch set last (by set_epoch) and the generation it was set at:
+        #       epoch = [1] + [0] - [2]
+        #   [3], [4] items read one at a time in this process ([3]) in generation [4]
+        self._epoch_state = torch.zeros(5, dtype=torch.int64).share_memory_()
+        # per item, generation + 1 of the epoch in which a DataLoader pass (a batch, or any
+        # read in a worker process) / a read on its own in this process last read it
+        self._pass_reads = torch.zeros(len(self._indices), dtype=torch.int64).share_memory_()
+        self._item_reads = torch.zeros(len(self._indices), dtype=torch.int64).share_memory_()
         self._active_epoch = 0  # the epoch whose images are cached / being generated
         self._cache: dict[int, Tensor] = {}
         self._prefetched: _EpochPrefetch | None = None  # an epoch generated in the background
@@ -324,24 +343,56 @@ class SyntheticDataset(Dataset):
         state.pop("_views", None)
         return state
 
-    @property
-    def _base_epoch(self) -> int:
-        return int(self._epoch_state[0])
-
-    def _restart_counts(self, base_epoch: int, served: int = 0) -> None:
-        """Count reads afresh from ``base_epoch``, ``served`` items of it read already."""
-        self._counts.zero_()
-        self._counts[0] = served
-        self._epoch_state[0] = base_epoch
-        self._epoch_state[1] += 1  # earlier reads of items no longer belong to this count
-
     def _shared_views(self) -> tuple[Any, Any, Any]:
-        """NumPy views of the shared counters (cheap scalar access, per item), made once per
-        process (they are not pickled: spawned workers make their own)."""
+        """NumPy views of the shared epoch state (cheap scalar access, per item), made once
+        per process (they are not pickled: spawned workers make their own)."""
         views = self.__dict__.get("_views")
         if views is None:
-            views = self._views = (self._counts.numpy(), self._epoch_state.numpy(), self._main_reads.numpy())
+            views = self._views = (self._epoch_state.numpy(), self._pass_reads.numpy(), self._item_reads.numpy())
         return views
+
+    def _current(self) -> tuple[int, int]:
+        """``(generation, epoch)`` now; reads are stamped ``generation + 1``."""
+        state = self._shared_views()[0]
+        generation = int(state[0])
+        return generation, int(state[1]) + generation - int(state[2])
+
+    def _move_on(self, generation: int) -> tuple[int, int]:
+        """Start the epoch after the one of ``generation``; returns the new (generation, epoch).
+
+        Workers that find a repeated item at the same time all write the same generation, so
+        the epoch moves on once."""
+        state = self._shared_views()[0]
+        if int(state[0]) == generation:
+            state[0] = generation + 1
+        return generation + 1, int(state[1]) + generation + 1 - int(state[2])
+
+    def _read_in_full_one_at_a_time(self, generation: int) -> bool:
+        state = self._shared_views()[0]
+        return int(state[4]) == generation and int(state[3]) >= len(self)
+
+    def _begin_pass_read(self, rows: Any) -> int:
+        """The epoch that serves ``rows`` (item positions, or ``slice(None)`` for all), read
+        by a DataLoader pass: the next one if any of them was read by a pass in this epoch."""
+        _, pass_reads, _ = self._shared_views()
+        generation, epoch = self._current()
+        if (pass_reads[rows] == generation + 1).any() or self._read_in_full_one_at_a_time(generation):
+            generation, epoch = self._move_on(generation)
+        pass_reads[rows] = generation + 1
+        return epoch
+
+    def _begin_single_read(self, row: int) -> int:
+        """The epoch that serves item ``row``, read on its own in this process."""
+        state, pass_reads, item_reads = self._shared_views()
+        generation, epoch = self._current()
+        if pass_reads[row] == generation + 1 or self._read_in_full_one_at_a_time(generation):
+            generation, epoch = self._move_on(generation)
+        if item_reads[row] != generation + 1:  # the first look at this item in this epoch
+            item_reads[row] = generation + 1
+            if int(state[4]) != generation:
+                state[3], state[4] = 0, generation
+            state[3] += 1
+        return epoch
 
     # -- torchvision-style attributes --------------------------------------------------
     @property
@@ -382,16 +433,24 @@ class SyntheticDataset(Dataset):
     # -- epochs ------------------------------------------------------------------------
     @property
     def epoch(self) -> int:
-        """The epoch of the items served last (advances once a full pass has been read)."""
-        served = int(self._counts.sum())
-        return self._base_epoch + (served - 1) // len(self) if served else self._base_epoch
+        """The current epoch: that of the items served last, or the one :meth:`set_epoch`
+        chose. It moves on when the next pass starts (see the class docstring)."""
+        return self._current()[1]
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose images are served (as ``DistributedSampler.set_epoch``)."""
+        """Select the epoch whose images are served (as ``DistributedSampler.set_epoch``):
+        the next pass reads this epoch in full, whatever was read before."""
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
             raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
-        self._restart_counts(epoch)
+        self._start_epoch(epoch)
         self._activate(epoch)
+
+    def _start_epoch(self, epoch: int) -> None:
+        """Make ``epoch`` current, with none of its items read yet."""
+        state = self._shared_views()[0]
+        generation = int(state[0]) + 1  # earlier reads belong to older generations
+        state[1], state[2] = epoch, generation
+        state[0] = generation
 
     def _activate(self, epoch: int) -> None:
         if epoch != self._active_epoch:
@@ -508,34 +567,47 @@ class SyntheticDataset(Dataset):
         labels = self._global_labels[self._indices].to(self.device)
         return torch.cat(chunks), labels
 
-    def __getitem__(self, index: int) -> tuple[Any, Any]:
+    def _row(self, index: Any) -> int:
+        """``index`` as an item position in ``[0, len)``."""
         try:
-            index = operator.index(index)  # ints, numpy integers, integer 0-d tensors
+            row = operator.index(index)  # ints, numpy integers, integer 0-d tensors
         except TypeError:
             raise TypeError(f"index must be an int, got {type(index).__name__}") from None
+        asked = row
+        if row < 0:
+            row += len(self)
+        if not 0 <= row < len(self):
+            raise IndexError(f"index {asked} out of range for {len(self)} items")
+        return row
+
+    def _in_worker(self) -> bool:
+        """Whether this is a DataLoader worker process (which only CPU generation allows)."""
         worker = get_worker_info()
-        slot = 0 if worker is None else 1 + worker.id
-        if worker is not None and (self.device.type != "cpu" or slot > MAX_WORKERS):
+        if worker is not None and self.device.type != "cpu":
             raise RuntimeError(
                 f"SyntheticDataset on {self.device} cannot be read from DataLoader worker {worker.id}: "
-                f"generation on an accelerator (and more than {MAX_WORKERS} workers) is not supported in "
-                "worker processes. Use num_workers=0 (generation is already batched on the device) "
-                "or dataset.loader()."
+                "generation on an accelerator is not supported in worker processes. Use num_workers=0 "
+                "(generation is already batched on the device) or dataset.loader()."
             )
-        asked = index
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {asked} out of range for {len(self)} items")
-        # the item's epoch: a full pass read so far moves to the next one
-        counts, state, main_reads = self._shared_views()
-        epoch = int(state[0]) + int(counts.sum()) // len(self)
-        self._activate(epoch)
-        key = int(state[1]) * 2**31 + epoch + 1  # this epoch in this count (restarts make old keys stale)
-        if main_reads[index] != key:  # not read by this process in this epoch yet
-            counts[slot] += 1
-            if slot == 0:
-                main_reads[index] = key
+        return worker is not None
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        in_worker = self._in_worker()
+        row = self._row(index)
+        # in a worker the read belongs to a DataLoader pass; here it is a look at one item
+        self._activate(self._begin_pass_read(row) if in_worker else self._begin_single_read(row))
+        return self._item(row)
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[Any, Any]]:
+        """One DataLoader batch (``DataLoader`` and ``Subset`` read batches through this)."""
+        self._in_worker()
+        rows = [self._row(index) for index in indices]
+        if rows:
+            self._activate(self._begin_pass_read(rows))
+        return [self._item(row) for row in rows]
+
+    def _item(self, index: int) -> tuple[Any, Any]:
+        """Item ``index`` of the active epoch, transformed."""
         # a copy, so that an in-place transform cannot alter the cached epoch
         image = self._chunk(index // self.batch_size)[index % self.batch_size].clone()
         target: Any = self.targets[index]
@@ -611,11 +683,10 @@ class SyntheticLoader:
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         ds = self.dataset
-        # a new epoch once the current one has been read in full (by an earlier pass or item
-        # by item); an epoch that was only peeked at, or just chosen by set_epoch, is served.
-        # This pass consumes it: the next item read starts the epoch after.
-        epoch = ds.epoch + 1 if int(ds._counts.sum()) >= len(ds) else ds.epoch
-        ds._restart_counts(epoch, served=len(ds))
+        # a pass reads every item, so (as for a DataLoader) it starts the next epoch when a
+        # pass has read any item of the current one, or every item has been read one at a
+        # time; an epoch only looked at (ds[0]) or just chosen by set_epoch is served.
+        ds._begin_pass_read(slice(None))  # this pass consumes the epoch
         images, labels = ds.epoch_tensors()
         if self.prefetch:  # the next pass's epoch, generated while this one is trained on
             ds.prefetch(ds.epoch + 1)
