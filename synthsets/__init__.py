@@ -12,7 +12,7 @@ from typing import Any
 
 from .allocator import tune_cpu_allocator
 from .augment import DSA, DSAParams, cutmix
-from .dataset import SyntheticDataset, SyntheticLoader
+from .dataset import SyntheticDataset, SyntheticLoader, images_per_class
 from .export import materialize
 from .generator import Generator, GeneratorConfig
 from .hub import PretrainedNotFoundError, WeightsError, list_pretrained
@@ -61,8 +61,7 @@ def DiM(
     are passed to ``huggingface_hub`` for Hub repos. Extra keyword arguments go to
     :class:`SyntheticDataset` (``augment``, ``device``, ``seed``, ``transform``...).
     """
-    if isinstance(inpc, bool) or not isinstance(inpc, int) or inpc <= 0:
-        raise ValueError(f"inpc (images per class) must be a positive int, got {inpc!r}")
+    inpc = images_per_class(inpc)  # before any loading
     generator = Generator.from_pretrained(
         name_or_repo,
         revision=revision,

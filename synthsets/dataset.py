@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import math
+import numbers
 import operator
 import os
 import threading
@@ -155,6 +156,24 @@ def _generation_dtype(value: torch.dtype | str | None) -> torch.dtype | None:
     )
 
 
+def images_per_class(value: Any, name: str = "inpc") -> int:
+    """``value`` as a positive int (numpy integers too), else a ``ValueError`` naming ``name``."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0:
+        return int(value)
+    raise ValueError(f"{name} (images per class) must be a positive int, got {value!r}")
+
+
+def _checked_augment_output(out: Any, images: Tensor) -> Tensor:
+    """What a custom ``augment`` callable returned, if it is a batch like ``images``."""
+    if not isinstance(out, Tensor) or out.dim() != 4 or len(out) != len(images):
+        got = f"a tensor of shape {tuple(out.shape)}" if isinstance(out, Tensor) else repr(out)[:80]
+        raise ValueError(
+            f"the augment callable must return the augmented image batch, a tensor (N, C, H, W) with N = "
+            f"{len(images)} as given, got {got}"
+        )
+    return out
+
+
 def _make_augment(augment: AugmentSpec) -> Callable[..., Tensor] | None:
     if augment is None or augment is False:
         return None
@@ -253,8 +272,9 @@ class SyntheticDataset(Dataset):
                 f"generator must be a synthsets.Generator, got {type(generator).__name__}; "
                 "load one with synthsets.Generator.from_pretrained(...) or use synthsets.DiM(name)"
             )
-        if isinstance(inpc, bool) or not isinstance(inpc, int) or inpc <= 0:
-            raise ValueError(f"inpc (images per class) must be a positive int, got {inpc!r}")
+        inpc = images_per_class(inpc)
+        if not isinstance(normalize, bool):
+            raise TypeError(f"normalize must be True or False, got {normalize!r}")
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0):
             raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
@@ -496,7 +516,7 @@ class SyntheticDataset(Dataset):
             if isinstance(self.augment, DSA):
                 images = self.augment(images, generator=self._rng(1, self.rank, chunk_id, epoch=epoch))
             else:
-                images = self.augment(images)
+                images = _checked_augment_output(self.augment(images), images)
         return images
 
     def _epoch_noise(self, epoch: int) -> Tensor:

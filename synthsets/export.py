@@ -191,8 +191,9 @@ def materialize(
     """
     if ipc is None:
         ipc = dataset.inpc
-    if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc <= 0:
-        raise ValueError(f"ipc (images per class) must be a positive int, got {ipc!r}")
+    from .dataset import images_per_class  # (dataset imports this module)
+
+    ipc = images_per_class(ipc, "ipc")
     if fmt is not None:
         key = str(fmt).strip().lower()
         if key not in _FMT_ALIASES:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections import Counter
 
@@ -593,9 +594,27 @@ def test_bad_inpc(gen, inpc):
         synthsets.DiM("does-not-matter", inpc=inpc)
 
 
+def test_numpy_integer_inpc_is_taken(gen):
+    assert SyntheticDataset(gen, np.int64(3), augment=None).inpc == 3
+    assert type(SyntheticDataset(gen, np.int32(2), augment=None).inpc) is int
+
+
+@pytest.mark.parametrize("returned, got", [
+    (lambda b: b[:3], "got a tensor of shape (3, "),
+    (lambda b: None, "got None"),
+    (lambda b: b[0], "got a tensor of shape (1, "),
+])
+def test_custom_augment_must_return_the_batch(gen, returned, got):
+    ds = SyntheticDataset(gen, 2, device="cpu", augment=returned, batch_size=8)
+    with pytest.raises(ValueError, match=r"the augment callable must return the augmented image batch, a tensor "
+                                         r"\(N, C, H, W\) with N = \d+ as given, " + re.escape(got)):
+        ds[0]
+
+
 @pytest.mark.parametrize(
     "kwargs,error,match",
     [
+        ({"normalize": "no"}, TypeError, "normalize must be True or False, got 'no'"),
         ({"seed": "x"}, TypeError, "seed must be an int"),
         ({"seed": 1.5}, TypeError, "seed must be an int"),
         ({"augment": 42}, TypeError, "augment must be 'dsa'"),
