@@ -13,7 +13,9 @@ the generator loss with weight ``lambda`` (0.01).
 The output folder holds ``config.json`` + ``model.safetensors`` (the generator, loadable
 with ``synthsets.DiM(out)``), ``README.md`` (model card), ``samples/`` (a grid per
 epoch), ``log.jsonl`` (losses), ``stage1/`` (the generator after stage 1) and
-``checkpoints/last.safetensors`` (resume with ``--resume``).
+``checkpoints/last.safetensors`` (resume with ``--resume``). It must be new or empty, or
+a folder of an earlier run (continued with ``--resume``): a folder holding other files, such
+as a downloaded generator, is refused rather than overwritten.
 
 On a single CUDA device every training step is replayed as one CUDA graph after three
 eager warm-up steps per epoch (``synthsets.cuda_graphs``; ``--no-cuda-graphs`` turns it
@@ -40,7 +42,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import card
-from . import hub as _hub
 from .allocator import tune_cpu_allocator
 from .augment import DSA
 from .checkpoint import load_checkpoint, optimizer_state, save_checkpoint
@@ -48,6 +49,7 @@ from .cuda_graphs import GraphedStep
 from .data import RealData, load_real
 from .dataset import SEED_BOUND, _mix_seed, resolve_device
 from .discriminator import Discriminator, gradient_penalty
+from .evaluate import _model_input_problem
 from .generator import Generator, GeneratorConfig
 from .hub import (
     UploadError,
@@ -55,7 +57,7 @@ from .hub import (
     atomic_write_text,
     error_detail,
     file_in_the_way,
-    hub_offline,
+    hub_unreachable,
     upload_folder_or_explain,
 )
 from .models import POOL, create_model, is_model, list_models, preferred_memory_format
@@ -411,6 +413,74 @@ def _check_out(out: Path) -> None:
         raise _bad("out", f"{where}; give a folder path")
 
 
+#: where a run keeps its training checkpoint, inside its output folder
+CHECKPOINT = Path("checkpoints") / "last.safetensors"
+#: the file a run writes into its output folder first (its settings)
+RUN_CONFIG = "distill_config.json"
+
+
+def _check_out_contents(out: Path, resume: bool) -> None:
+    """Refuse an output folder a run would overwrite or mix with (``FileExistsError``).
+
+    A new or empty folder is fine, and so is a run of this command: one holding its
+    checkpoint is continued with ``resume`` (and refused without it); one holding its
+    settings file but no checkpoint (stopped in its first epoch, or its checkpoint
+    deleted) starts over, which a finished one (holding its generator) does only with
+    ``resume``. Any other folder with files in it (e.g. a downloaded generator folder) is
+    refused: a run never overwrites files it did not write."""
+    if not out.is_dir():
+        return
+    checkpoint = out / CHECKPOINT
+    if checkpoint.is_file():
+        if resume:
+            return
+        raise FileExistsError(
+            f"{out} already holds a run (checkpoint {checkpoint}); "
+            "pass --resume (resume=True) to continue it, or choose another --out (out=)"
+        )
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries:
+        return
+    if (out / RUN_CONFIG).is_file():  # a run of this command without its checkpoint: it starts over
+        if resume or not (out / "model.safetensors").exists():
+            return  # stopped in its first epoch (nothing finished to lose), or told to by --resume
+        raise FileExistsError(
+            f"{out} already holds a finished run (model.safetensors) but no checkpoint ({checkpoint}) to continue it "
+            "from; pass --resume (resume=True) to train it again from scratch, or choose another --out (out=)"
+        )
+    shown = ", ".join(entries[:6]) + (", ..." if len(entries) > 6 else "")
+    raise FileExistsError(
+        f"{out} already exists and is not empty ({shown}), and holds no synthsets.distill run to resume "
+        f"(no {CHECKPOINT.as_posix()}): a new run would overwrite those files or mix with them; "
+        "choose a new or empty --out (out=)"
+    )
+
+
+def _pool_kwargs(config: DistillConfig, name: str) -> dict[str, Any]:
+    """Keyword arguments of pool model ``name`` (``pool_width`` applies to ConvNets)."""
+    return {"width": config.pool_width} if config.pool_width and name.startswith("convnet") else {}
+
+
+def _check_pool(config: DistillConfig, real: RealData) -> None:
+    """Refuse (``ConfigError``) pool models that cannot take the data's images: each is
+    built once and run on a dummy batch on the CPU, before any training."""
+    c, size = real.channels, real.image_size
+    for name in dict.fromkeys(config.pool):
+        problem = _model_input_problem(name, real.num_classes, c, size, _pool_kwargs(config, name))
+        if problem is None:
+            continue
+        other = 32 if size == 28 else 28  # the other size DiM generators make
+        resize = ""
+        if _model_input_problem(name, real.num_classes, c, other, _pool_kwargs(config, name)) is None:
+            resize = f", or pass --image-size {other} (image_size={other}) to train on {other}x{other} images"
+        raise _bad(
+            "pool",
+            f"model {name!r} cannot be used on {real.name}: it {problem}; choose pool models that take "
+            f"{c}x{size}x{size} images, e.g. {', '.join(POOL[:3])}{resize} (a timm model with a fixed input size, "
+            f"such as a ViT made for 224x224, needs images of that size; DiM generators make 28 or 32 px images)",
+        )
+
+
 GRAPH_WARMUP_STEPS = 3  # eager steps per epoch before the step is captured as a CUDA graph
 
 
@@ -418,13 +488,10 @@ GRAPH_WARMUP_STEPS = 3  # eager steps per epoch before the step is captured as a
 def _check_hub_reachable(config: DistillConfig) -> None:
     """Refuse ``push_to_hub`` before training when it cannot work: huggingface_hub is
     offline, or there is no network at all (the Hub's host name does not resolve)."""
-    if hub_offline():
-        why, fix = "huggingface_hub is offline (HF_HUB_OFFLINE=1)", "unset it"
-    else:
-        why = _hub._hub_host_unresolvable()
-        if why is None:
-            return
-        why, fix = f"the Hub cannot be reached ({why})", "check the network connection"
+    unreachable = hub_unreachable()
+    if unreachable is None:
+        return
+    why, fix = unreachable
     raise _bad("push_to_hub", f"{config.push_to_hub!r} needs the network, but {why}: {fix}, or leave the option "
                               f"out and upload the finished folder later with: hf upload {config.push_to_hub} "
                               f"{config.out} . --exclude 'checkpoints/*'")
@@ -461,6 +528,8 @@ class Distiller:
                 f"{config.data} has {real.image_size}x{real.image_size} images; DiM generators make 28 or 32 px: "
                 "pass --image-size 32 (or 28) to resize"
             )
+        if config.stage2_epochs > 0:  # the pool is stage 2's: found out now, not after stage 1
+            _check_pool(config, real)
         self.real = real
         self.num_classes = real.num_classes
         # real images in [-1, 1] for the discriminator; the classifier sees normalised ones
@@ -516,7 +585,7 @@ class Distiller:
     # paths
     @property
     def checkpoint_path(self) -> Path:
-        return self.out / "checkpoints" / "last.safetensors"
+        return self.out / CHECKPOINT
 
     # -- helpers -----------------------------------------------------------------------
     def to_classifier(self, x_pm: Tensor) -> Tensor:
@@ -630,7 +699,7 @@ class Distiller:
         # identical on every rank: the choice and the init depend on (seed, epoch) only
         torch.manual_seed(_mix_seed(self.cfg.seed, epoch, 7))
         name = self.cfg.pool[int(torch.randint(len(self.cfg.pool), (1,)).item())]
-        kwargs = {"width": self.cfg.pool_width} if self.cfg.pool_width and name.startswith("convnet") else {}
+        kwargs = _pool_kwargs(self.cfg, name)
         model = create_model(name, self.num_classes, self.real.channels, self.real.image_size, **kwargs).to(self.device)
         model.to(memory_format=preferred_memory_format(model, self.device))
         opt = torch.optim.SGD(
@@ -818,6 +887,9 @@ class Distiller:
     # -- main loop -----------------------------------------------------------------------
     def fit(self, resume: bool = False) -> Path:
         cfg = self.cfg
+        _check_out_contents(self.out, resume)  # on every rank, before any rank writes into it
+        if self.world > 1:
+            torch.distributed.barrier()
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
         if resume and self.checkpoint_path.is_file():
@@ -826,16 +898,11 @@ class Distiller:
                 self._trim_log()
         elif resume and self.is_main:
             print(f"--resume: no checkpoint at {self.checkpoint_path}; starting from scratch", file=sys.stderr)
-        elif self.checkpoint_path.is_file():
-            raise FileExistsError(
-                f"{self.out} already holds a run (checkpoint {self.checkpoint_path}); "
-                "pass --resume (resume=True) to continue it, or choose another --out (out=)"
-            )
         if self.is_main:
             if self.epoch == 0:
                 (self.out / "log.jsonl").unlink(missing_ok=True)
             # this session's settings (a resume may change only RESUME_MAY_CHANGE)
-            atomic_write_text(self.out / "distill_config.json", json.dumps(cfg.to_json(), indent=2) + "\n")
+            atomic_write_text(self.out / RUN_CONFIG, json.dumps(cfg.to_json(), indent=2) + "\n")
         if resume and 0 < self.epoch == cfg.stage1_epochs:  # resumed exactly at the stage boundary
             self._finish_stage1()
         self.session_started = time.time()
@@ -911,6 +978,8 @@ def distill(config: DistillConfig | None = None, resume: bool = False, real: Rea
 
 
 def _run(config: DistillConfig, resume: bool, real: RealData | None = None) -> Path:
+    config.validate()
+    _check_out_contents(Path(config.out), resume)  # before the data are loaded (fit checks again)
     trainer = Distiller(config, real=real)
     try:
         return trainer.fit(resume=resume)
@@ -968,7 +1037,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--data", required=True, help="mnist, fashion-mnist, svhn, cifar10, cifar100, or an image folder (train/, test/)")
     a("--root", help="folder holding the torchvision dataset (e.g. ROOT/MNIST/raw)")
     a("--download", action="store_true", help="let torchvision download the named dataset into --root")
-    a("--out", required=True, help="output folder (generator, model card, samples, log, checkpoints)")
+    a("--out", required=True, help="output folder (generator, model card, samples, log, checkpoints): a new or "
+      "empty folder, or an earlier run's folder with --resume; a folder holding other files is refused")
     a("--image-size", type=int, choices=(28, 32), help="resize images to this size")
     a("--preset", choices=sorted(PRESETS), help=_preset_help())
     a("--width", type=int, default=d.width, help="generator width (paper: 196)")

@@ -381,6 +381,63 @@ def _compile_failed(model: nn.Module, model_name: str, err: Exception) -> nn.Mod
     return model
 
 
+#: (name, classes, channels, size, kwargs) that passed :func:`_model_input_problem` in this process
+_INPUT_CHECKED: set[tuple] = set()
+
+
+def _model_input_problem(
+    name: str, num_classes: int, channels: int, image_size: int, model_kwargs: dict[str, Any] | None = None
+) -> str | None:
+    """Why classifier ``name`` cannot take ``channels x image_size x image_size`` images,
+    else ``None``: it is built once on the CPU and run on a batch of two blank images
+    without gradients (the global random state is left as it was). A model that cannot be
+    built at all (an unknown name) raises its own ``ValueError``. The answer "it can" is
+    remembered for the process, so checking again costs nothing."""
+    kwargs = dict(model_kwargs or {})
+    key = (name, num_classes, channels, image_size, json.dumps(kwargs, sort_keys=True, default=repr))
+    if key in _INPUT_CHECKED:
+        return None
+    shape = f"{channels}x{image_size}x{image_size}"
+    with torch.random.fork_rng(devices=[]):  # building initialises weights: keep the runs' random streams
+        try:
+            model = create_model(name, num_classes, channels, image_size, **kwargs)
+        except ValueError:
+            raise
+        except Exception as err:
+            return f"cannot be built for {shape} images ({_error_line(err)})"
+        model.eval()
+        try:
+            with torch.no_grad():
+                logits = model(torch.zeros(2, channels, image_size, image_size))
+        except Exception as err:
+            return f"fails on a batch of {shape} images ({_error_line(err)})"
+    got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+    if got != (2, num_classes):
+        return f"gives outputs of shape {got} for a batch of two {shape} images, not (2, {num_classes}) class scores"
+    _INPUT_CHECKED.add(key)
+    return None
+
+
+def _error_line(err: BaseException) -> str:
+    """``Type: first line of the message`` (at most 300 characters of it)."""
+    first = (str(err).strip().splitlines() or [""])[0][:300].rstrip(".")
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
+
+
+def _check_models(models: Sequence[str], real: RealData, model_kwargs: dict[str, Any] | None) -> None:
+    """Refuse (``ValueError``) evaluation models that cannot take ``real``'s images, before any training."""
+    size = real.image_size
+    for name in dict.fromkeys(models):
+        problem = _model_input_problem(name, real.num_classes, real.channels, size, model_kwargs)
+        if problem is not None:
+            raise ValueError(
+                f"evaluation model {name!r} cannot be used on {real.name}: it {problem}; "
+                f"choose models that take {size}x{size} images (--models, models=), e.g. convnet3 or resnet18; a timm "
+                f"model with a fixed input size needs images of that size (from Python, model_kwargs={{'img_size': "
+                f"{size}}} rebuilds timm models that take an img_size for {size}x{size})"
+            )
+
+
 def run_protocol(
     train_batches: BatchFn,
     test: RealSplit,
@@ -717,6 +774,7 @@ def evaluate_source(
     if real.test is None:
         raise ValueError(f"real data {real.name!r} has no test split (an image folder needs a test/ sub-folder)")
     _check_compatible(source, real)
+    _check_models([model_name], real, model_kwargs)
     cfg = _config_with(config, **overrides)
     dev = resolve_device(device)
     run_ids = list(range(runs)) if isinstance(runs, int) else list(runs)
@@ -857,6 +915,7 @@ def evaluate(
     progress: bool = True,
     compile: bool = False,
     generation_dtype: torch.dtype | str | None = None,
+    on_start: Callable[[], None] | None = None,
     **overrides: Any,
 ) -> list[dict[str, Any]]:
     """Evaluate generators and baselines over INPC values, models and runs (the CLI's engine).
@@ -876,6 +935,11 @@ def evaluate(
     Returns this shard's records (including resumed ones). ``compile`` trains
     through ``torch.compile`` (see :func:`run_protocol`); ``generation_dtype`` is passed
     to :func:`evaluate_source`.
+
+    Everything is checked before the first run trains: the settings, the output folder,
+    the real data (loaded first) and every model, built once and run on a dummy batch of
+    the data's image size (a model that cannot take it raises ``ValueError``). ``on_start``
+    is then called once, before the first run (the command line prints its notices there).
     """
     cfg = _config_with(config, **overrides)
     _generation_dtype(generation_dtype)  # a bad value fails before any data is loaded
@@ -976,6 +1040,12 @@ def evaluate(
                 "or choose another --out (out=)"
             )
 
+    # load this shard's real data and try each model on it before anything trains
+    for key in dict.fromkeys(job[0] for job in mine):
+        _check_models([job[3] for job in mine if job[0] == key], get_real(key), model_kwargs)
+    if on_start is not None:
+        on_start()
+
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -1045,8 +1115,35 @@ def _results_runs(paths: Iterable[str | Path]) -> list[tuple[Path, dict[str, Any
         runs = payload.get("runs") if isinstance(payload, dict) else payload
         if not isinstance(runs, list):
             raise ValueError(f"{file} is not a synthsets.evaluate results file (no 'runs' list)")
+        for i, record in enumerate(runs):
+            problem = _record_problem(record)
+            if problem is not None:
+                raise ValueError(f"{file} is not a synthsets.evaluate results file (run {i} {problem})")
         found.extend((file, record) for record in runs)
     return found
+
+
+#: the fields every run of a results file has (what merging, resuming and the table read)
+RECORD_FIELDS = ("dataset", "source", "inpc", "model", "run", "final_acc", "best_acc")
+
+
+def _record_problem(record: Any) -> str | None:
+    """Why ``record`` is not one run of a results file (the words after "run i"), else ``None``."""
+    shown = json.dumps(record, default=repr)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    if not isinstance(record, dict):
+        return f"is {shown}, not a record of one run"
+    missing = [k for k in RECORD_FIELDS if k not in record]
+    if missing:
+        return f"has no {', '.join(repr(k) for k in missing)}: {shown}"
+    for k in RECORD_FIELDS:
+        value = record[k]
+        if k in ("dataset", "source", "model"):
+            if not isinstance(value, str):
+                return f"has {k} {json.dumps(value, default=repr)[:40]}, not a str"
+        elif not isinstance(value, numbers.Real) or isinstance(value, bool):
+            return f"has {k} {json.dumps(value, default=repr)[:40]}, not a number"
+    return None
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -1531,15 +1628,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {problem}", file=sys.stderr)
             return 2
     joined = _init_distributed(world) if torchrun else False
-    if out is None and rank == 0:
-        print("no --out: the results will not be saved, only printed at the end; pass --out DIR to save them "
-              "(and to allow --resume)", file=sys.stderr)
+
+    def notices() -> None:  # once everything is checked, before the first run trains
+        if out is None and rank == 0:
+            print("no --out: the results will not be saved, only printed at the end; pass --out DIR to save them "
+                  "(and to allow --resume)", file=sys.stderr)
+
     try:
         records = evaluate(
             sources, baselines=args.baselines, data=args.data, root=args.root, image_size=args.image_size,
             download=args.download, inpc=args.inpc, models=args.models, runs=args.runs, seed=args.seed,
             config=config, device=device, shard=shard, out=out, resume=args.resume, progress=args.progress,
-            compile=args.compile, generation_dtype=args.generation_dtype,
+            compile=args.compile, generation_dtype=args.generation_dtype, on_start=notices,
         )
     except (FileNotFoundError, FileExistsError, ValueError, WeightsError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -1105,3 +1105,126 @@ def test_matching_sees_batch_statistics(trainer, monkeypatch):
     trainer.cfg.pool = ["resnet10"]
     record = trainer.run_epoch(trainer.cfg.stage1_epochs)
     assert record["pool_model"] == "resnet10" and seen and all(seen)
+
+
+# -- 8. what --out may hold; pool models that cannot take the data's images ----------------------
+def fake_generator_folder(folder: Path) -> dict[str, bytes]:
+    """A folder like a downloaded generator (weights, config, card, evaluation, samples); returns its files."""
+    synthsets.Generator(num_classes=3, channels=1, image_size=28, width=8, dataset="grey", classes=CLASSES,
+                        mean=[0.5], std=[0.5]).save_pretrained(folder)
+    (folder / "README.md").write_text("# a model card\n")
+    (folder / "evaluation.json").write_text('{"runs": []}\n')
+    (folder / "samples.png").write_bytes(b"png")
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_out_holding_other_files_is_refused(grey28, tmp_path, capsys, monkeypatch):
+    """A generator folder is not overwritten (with or without --resume), before any data are
+    read; the library calls refuse it the same way."""
+    out = tmp_path / "gen"
+    before = fake_generator_folder(out)
+    expected = (
+        f"{out} already exists and is not empty (README.md, config.json, evaluation.json, model.safetensors, "
+        "samples.png), and holds no synthsets.distill run to resume (no checkpoints/last.safetensors): a new run "
+        "would overwrite those files or mix with them; choose a new or empty --out (out=)"
+    )
+    with monkeypatch.context() as patch:
+        patch.setattr(distill_mod, "load_real", lambda *a, **k: pytest.fail("data loaded for a run that cannot start"))
+        for extra in ([], ["--resume"]):
+            assert run_cli(grey28, out, *extra) == 2
+            assert capsys.readouterr().err == f"error: {expected}\n"
+        for resume in (False, True):
+            with pytest.raises(FileExistsError) as caught:
+                distill_mod.distill(tiny_config(grey28, out), resume=resume)
+            assert str(caught.value) == expected
+    d = Distiller(tiny_config(grey28, out))  # the Distiller alone: fit() refuses before writing
+    try:
+        for resume in (False, True):
+            with pytest.raises(FileExistsError) as caught:
+                d.fit(resume=resume)
+            assert str(caught.value) == expected
+    finally:
+        d.close()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing written, nothing replaced
+    (out / "samples.png").unlink()  # seven names are shown as six and "..."
+    for name in ("a", "b", "c"):
+        (out / name).write_text(name)
+    assert run_cli(grey28, out) == 2
+    assert "(README.md, a, b, c, config.json, evaluation.json, ...), and holds no" in capsys.readouterr().err
+
+
+def test_new_empty_and_own_run_folders_are_used(grey28, tmp_path, capsys, monkeypatch):
+    """A new folder, an empty one, and a run stopped before its first checkpoint (with or
+    without --resume) start a run; a finished run whose checkpoint is gone starts over only
+    with --resume."""
+    assert run_cli(grey28, tmp_path / "new" / "run", "--stage2-epochs", "0") == 0
+    (tmp_path / "empty").mkdir()
+    assert run_cli(grey28, tmp_path / "empty", "--stage2-epochs", "0") == 0
+    out = tmp_path / "stopped"
+    run_until_interrupted(grey28, out, 0, monkeypatch)  # stopped in the first epoch: settings only
+    assert sorted(p.name for p in out.iterdir()) == ["distill_config.json"]
+    assert run_cli(grey28, out, *SCHEDULE) == 0
+    assert [r["epoch"] for r in read_log(out)] == [1, 2, 3]
+    run_until_interrupted(grey28, tmp_path / "stopped2", 0, monkeypatch)
+    assert run_cli(grey28, tmp_path / "stopped2", *SCHEDULE, "--resume") == 0
+    shutil.rmtree(out / "checkpoints")  # a finished run without its checkpoint
+    capsys.readouterr()
+    assert run_cli(grey28, out, *SCHEDULE) == 2
+    assert capsys.readouterr().err == (
+        f"error: {out} already holds a finished run (model.safetensors) but no checkpoint "
+        f"({out / 'checkpoints' / 'last.safetensors'}) to continue it from; pass --resume (resume=True) to train it "
+        "again from scratch, or choose another --out (out=)\n"
+    )
+    assert run_cli(grey28, out, *SCHEDULE, "--resume") == 0
+    assert "starting from scratch" in capsys.readouterr().err
+    assert [r["epoch"] for r in read_log(out)] == [1, 2, 3]
+
+
+VIT = "vit_tiny_patch16_224"  # a timm model made for 224x224 images only
+
+
+def test_pool_model_that_cannot_take_the_images_is_refused_before_training(grey28, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(Distiller, "run_epoch", lambda *a: pytest.fail("trained with a pool that cannot work"))
+    out = tmp_path / "run"
+    name = load_real(grey28).name
+    expected = (
+        f"model '{VIT}' cannot be used on {name}: it fails on a batch of 1x28x28 images (AssertionError: Input height "
+        "(28) doesn't match model (224)); choose pool models that take 1x28x28 images, e.g. convnet3, resnet10, "
+        "resnet18 (a timm model with a fixed input size, such as a ViT made for 224x224, needs images of that size; "
+        "DiM generators make 28 or 32 px images)"
+    )
+    assert run_cli(grey28, out, "--pool", "convnet3", VIT) == 2
+    assert capsys.readouterr().err.split("\r")[-1] == f"error: --pool {expected}\n"
+    assert not out.exists()  # stage 1 did not run first
+    with pytest.raises(distill_mod.ConfigError) as caught:
+        Distiller(tiny_config(grey28, out, pool=[VIT]))
+    assert str(caught.value) == f"DistillConfig.pool {expected}"
+    # a run without stage 2 never builds a pool model
+    monkeypatch.undo()
+    assert run_cli(grey28, out, "--pool", VIT, "--stage2-epochs", "0") == 0
+
+
+def test_pool_check_builds_each_model_once_and_suggests_another_size(grey28, monkeypatch):
+    from synthsets import evaluate as evaluate_mod
+
+    built = []
+    original = evaluate_mod.create_model
+    monkeypatch.setattr(evaluate_mod, "_INPUT_CHECKED", set())
+    monkeypatch.setattr(evaluate_mod, "create_model",
+                        lambda name, *a, **k: built.append((name, k)) or original(name, *a, **k))
+    real = load_real(grey28)
+    config = tiny_config(grey28, "unused", pool=["convnet3", "convnet3", "resnet10"], pool_width=4)
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    distill_mod._check_pool(config, real)
+    assert torch.equal(torch.rand(3), expected)  # the check leaves the random stream alone
+    assert built == [("convnet3", {"width": 4}), ("resnet10", {})]
+    distill_mod._check_pool(config, real)  # known to work: not built again
+    assert len(built) == 2
+    # a model that takes 32 px but not 28 px images: --image-size 32 is suggested
+    monkeypatch.setattr(distill_mod, "_model_input_problem",
+                        lambda name, classes, c, size, kw: "fails (too small)" if size == 28 else None)
+    with pytest.raises(distill_mod.ConfigError,
+                       match=r"or pass --image-size 32 \(image_size=32\) to train on 32x32 images"):
+        distill_mod._check_pool(config, real)

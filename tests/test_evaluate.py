@@ -936,7 +936,11 @@ def test_merge_refuses_a_run_found_twice_with_different_results(tmp_path, capsys
 def test_cli_without_out_says_nothing_will_be_saved(tmp_path, capsys, monkeypatch):
     import synthsets.evaluate as evaluate_mod
 
-    monkeypatch.setattr(evaluate_mod, "evaluate", lambda *a, **kw: [])
+    def fake_evaluate(*a, on_start=None, **kw):  # as evaluate(): on_start once everything is checked
+        on_start()
+        return []
+
+    monkeypatch.setattr(evaluate_mod, "evaluate", fake_evaluate)
     args = ["--baselines", "random-real", "--data", "toy", "--device", "cpu", "--no-progress"]
     assert main(args) == 0
     assert capsys.readouterr().err == (
@@ -1047,3 +1051,79 @@ def test_torchrun_refuses_a_folder_with_an_unsharded_runs_results(tmp_path, caps
     assert _unsharded_results_problem(tmp_path / "new") is None
     (tmp_path / "empty").mkdir()
     assert _unsharded_results_problem(tmp_path / "empty") is None
+
+
+# ----------------------------------------------------------------------------- unusable models, bad results files
+VIT = "vit_tiny_patch16_224"  # a timm model made for 224x224 images only
+VIT_ON_TOY = (
+    f"evaluation model '{VIT}' cannot be used on toy: it fails on a batch of 1x28x28 images (AssertionError: Input "
+    "height (28) doesn't match model (224)); choose models that take 28x28 images (--models, models=), e.g. convnet3 "
+    "or resnet18; a timm model with a fixed input size needs images of that size (from Python, "
+    "model_kwargs={'img_size': 28} rebuilds timm models that take an img_size for 28x28)"
+)
+
+
+def test_model_that_cannot_take_the_images_is_refused_before_training(tmp_path, capsys, monkeypatch, real, gen):
+    import synthsets.evaluate as evaluate_mod
+
+    monkeypatch.setattr(evaluate_mod, "run_protocol", lambda *a, **k: pytest.fail("trained a model that cannot work"))
+    kw = dict(inpc=[1], runs=1, config=fast(epochs=1), device="cpu", progress=False)
+    for call in (
+        lambda: evaluate([gen], real=real, models=["convnet3", VIT], out=tmp_path / "ev", **kw),
+        lambda: evaluate(baselines=["random-real"], real=real, models=[VIT], **kw),
+        lambda: evaluate_source(gen, real, 1, VIT, config=fast(epochs=1), device="cpu"),
+    ):
+        with pytest.raises(ValueError) as caught:
+            call()
+        assert str(caught.value) == VIT_ON_TOY
+    assert not (tmp_path / "ev").exists()
+    monkeypatch.setattr(evaluate_mod, "load_real", lambda *a, **k: real)
+    assert main(["--baselines", "random-real", "--data", "toy", "--inpc", "1", "--runs", "1", "--epochs", "1",
+                 "--models", VIT, "--device", "cpu", "--no-progress"]) == 2
+    # one line: the error alone, without the "no --out" notice of a run that never starts
+    assert _one_error_line(capsys.readouterr().err) == f"error: {VIT_ON_TOY}"
+
+
+def test_model_input_check_is_cheap_and_leaves_the_random_stream_alone(monkeypatch):
+    import synthsets.evaluate as evaluate_mod
+
+    built = []
+    original = evaluate_mod.create_model
+    monkeypatch.setattr(evaluate_mod, "_INPUT_CHECKED", set())
+    monkeypatch.setattr(evaluate_mod, "create_model", lambda *a, **k: built.append(a[0]) or original(*a, **k))
+    torch.manual_seed(3)
+    expected = torch.rand(3)
+    torch.manual_seed(3)
+    assert evaluate_mod._model_input_problem(VIT, 4, 1, 28, {"img_size": 28}) is None  # the fix the message names
+    assert evaluate_mod._model_input_problem(VIT, 4, 1, 28, {"img_size": 28}) is None
+    assert built == [VIT]  # built once
+    assert torch.equal(torch.rand(3), expected)
+    with pytest.raises(ValueError, match="unknown model 'nosuchnet'"):  # its own error, as before
+        evaluate_mod._model_input_problem("nosuchnet", 4, 1, 28)
+
+
+def test_cli_validation_errors_come_before_the_no_out_notice(capsys, monkeypatch, real):
+    import synthsets.evaluate as evaluate_mod
+
+    monkeypatch.setattr(evaluate_mod, "load_real", lambda *a, **k: real)
+    assert main(["--baselines", "random-real", "--data", "toy", "--inpc", "0", "--device", "cpu", "--no-progress"]) == 2
+    assert _one_error_line(capsys.readouterr().err) == "error: inpc values must be positive ints, got [0]"
+
+
+@pytest.mark.parametrize("payload, problem", [
+    ([1, 2], "run 0 is 1, not a record of one run"),
+    ({"runs": ["x"]}, 'run 0 is "x", not a record of one run'),
+    ([{"x": 1}], "run 0 has no 'dataset', 'source', 'inpc', 'model', 'run', 'final_acc', 'best_acc': {\"x\": 1}"),
+    ({"runs": [{"dataset": "toy", "source": "g", "inpc": "1", "model": "convnet3", "run": 0, "final_acc": 1.0,
+                "best_acc": 1.0}]},
+     'run 0 has inpc "1", not a number'),
+], ids=["list-of-ints", "runs-of-str", "no-fields", "wrong-type"])
+def test_merge_names_a_file_that_is_not_a_results_file(payload, problem, tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(payload))
+    expected = f"{bad} is not a synthsets.evaluate results file ({problem})"
+    _assert_merge_refused([bad], tmp_path / "m", expected, capsys)
+    assert not (tmp_path / "m").exists()
+    with pytest.raises(ValueError) as caught:
+        read_results([bad])
+    assert str(caught.value) == expected
