@@ -5,7 +5,7 @@ again. glibc serves big blocks (above a threshold that grows to at most 32 MB) s
 from fresh ``mmap`` pages and unmaps them when they are freed, so every step faults all of
 that memory in again. :func:`tune_cpu_allocator` makes malloc keep such blocks for reuse
 instead. A ConvNet-3 training step (batch 128, 2-core CPU) then took 165-169 ms instead of
-315-336 ms, and a 100-epoch evaluation run 40-41 s instead of 55-66 s. The price is memory:
+315-336 ms, and a 100-epoch evaluation run 40-41 s instead of 53-66 s. The price is memory:
 the process keeps what it freed (peak resident size 2.8-3.1 GiB instead of 2.0-2.1 GiB in
 those runs).
 

@@ -28,8 +28,7 @@ Library use::
     records = evaluate(["runs/mnist"], baselines=["random-real"], root="DATA", inpc=[10], runs=3)
 
 Outputs (``--out``): ``results.json`` (one record per run), ``results.md`` (a Markdown
-table, with the images each epoch held) and ``accuracy_vs_inpc.png`` (when matplotlib is
-installed). From Python, ``evaluate(..., out=D)`` writes ``results.json`` as runs finish
+table, with the images each epoch held) and ``accuracy_vs_inpc.png``. From Python, ``evaluate(..., out=D)`` writes ``results.json`` as runs finish
 (what ``resume`` reads); ``write_outputs(records, D)`` adds the table and the plot, as the
 command line does at the end.
 

@@ -403,6 +403,7 @@ def preferred_memory_format(model: nn.Module, device: torch.device | str) -> tor
     everything on CUDA, where the standard layout is what the GPU figures were measured
     with. Either layout computes the same function.
 
+        >>> model = create_model("resnet18", num_classes=10)
         >>> model = model.to(memory_format=preferred_memory_format(model, "cpu"))
     """
     device = torch.device(device)
