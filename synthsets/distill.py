@@ -528,6 +528,11 @@ class Distiller:
                 f"{config.data} has {real.image_size}x{real.image_size} images; DiM generators make 28 or 32 px: "
                 "pass --image-size 32 (or 28) to resize"
             )
+        if real.num_classes < 2:
+            raise ValueError(
+                f"{config.data} has {real.num_classes} class ({', '.join(real.classes)}); a conditional generator "
+                "needs at least 2: give an image folder with one sub-folder per class (train/<class>/<image>)"
+            )
         if config.stage2_epochs > 0:  # the pool is stage 2's: found out now, not after stage 1
             _check_pool(config, real)
         self.real = real

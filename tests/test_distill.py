@@ -1228,3 +1228,19 @@ def test_pool_check_builds_each_model_once_and_suggests_another_size(grey28, mon
     with pytest.raises(distill_mod.ConfigError,
                        match=r"or pass --image-size 32 \(image_size=32\) to train on 32x32 images"):
         distill_mod._check_pool(config, real)
+
+
+def test_one_class_folder_is_refused_naming_the_data(tmp_path, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "one"
+    for i in range(3):
+        (folder / "train" / "cat").mkdir(parents=True, exist_ok=True)
+        Image.new("L", (28, 28), 40 * i).save(folder / "train" / "cat" / f"{i}.png")
+    out = tmp_path / "run"
+    assert run_cli(folder, out) == 2
+    assert capsys.readouterr().err.split("\r")[-1] == (
+        f"error: {folder} has 1 class (cat); a conditional generator needs at least 2: give an image folder with "
+        "one sub-folder per class (train/<class>/<image>)\n"
+    )
+    assert not out.exists()
