@@ -156,6 +156,12 @@ def _generation_dtype(value: torch.dtype | str | None) -> torch.dtype | None:
     )
 
 
+#: the shared epoch word: ``epoch << _EPOCH_SHIFT | generation`` (generations wrap at 2**32)
+_EPOCH_SHIFT = 32
+_GENERATION_MASK = (1 << _EPOCH_SHIFT) - 1
+_MAX_EPOCH = 1 << 31
+
+
 def images_per_class(value: Any, name: str = "inpc") -> int:
     """``value`` as a positive int (numpy integers too), else a ``ValueError`` naming ``name``."""
     if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0:
@@ -251,6 +257,10 @@ class SyntheticDataset(Dataset):
     For exact control, call :meth:`set_epoch` at the start of every epoch (a pass then
     reads that epoch, whatever was read before), or iterate :meth:`loader`, which serves
     a whole epoch per pass (the current one when it was only looked at, else the next).
+    One case escapes both: with ``persistent_workers=True``, the batches the workers had
+    already prepared when a pass was left early (``break``) are still read when the next
+    pass starts, and count as reads of its epoch, so that pass moves on partway. Leave
+    passes early only with non-persistent workers (or none) when exact epochs matter.
     """
 
     def __init__(
@@ -337,12 +347,12 @@ class SyntheticDataset(Dataset):
         self.targets: list[int] = self._global_labels[self._indices].tolist()
         # Epoch state, in shared memory: DataLoader worker copies (made at fork/spawn time,
         # persistent or not) and this process read and move on the same epochs.
-        #   [0] generation: +1 at every change of epoch, whoever makes it (a single word, so
-        #       that workers moving on at the same time agree: each writes the same value)
-        #   [1], [2] the epoch set last (by set_epoch) and the generation it was set at:
-        #       epoch = [1] + [0] - [2]
-        #   [3], [4] items read one at a time in this process ([3]) in generation [4]
-        self._epoch_state = torch.zeros(5, dtype=torch.int64).share_memory_()
+        #   [0] the epoch and its generation (+1 at every change of epoch, whoever makes
+        #       it), packed into one word (epoch << 32 | generation) so that a change is one
+        #       store: no process reads half of one, and workers moving on at the same time
+        #       each write the same value
+        #   [1], [2] items read one at a time in this process ([1]) in generation [2]
+        self._epoch_state = torch.zeros(3, dtype=torch.int64).share_memory_()
         # per item, generation + 1 of the epoch in which a DataLoader pass (a batch, or any
         # read in a worker process) / a read on its own in this process last read it
         self._pass_reads = torch.zeros(len(self._indices), dtype=torch.int64).share_memory_()
@@ -363,6 +373,13 @@ class SyntheticDataset(Dataset):
         state.pop("_views", None)
         return state
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        # a deep copy or an unpickled dataset gets its own epoch state: shared again, so that
+        # its DataLoader workers keep counting with it (no-op for tensors already shared)
+        for name in ("_epoch_state", "_pass_reads", "_item_reads"):
+            getattr(self, name).share_memory_()
+
     def _shared_views(self) -> tuple[Any, Any, Any]:
         """NumPy views of the shared epoch state (cheap scalar access, per item), made once
         per process (they are not pickled: spawned workers make their own)."""
@@ -373,23 +390,27 @@ class SyntheticDataset(Dataset):
 
     def _current(self) -> tuple[int, int]:
         """``(generation, epoch)`` now; reads are stamped ``generation + 1``."""
-        state = self._shared_views()[0]
-        generation = int(state[0])
-        return generation, int(state[1]) + generation - int(state[2])
+        word = int(self._shared_views()[0][0])  # one load: never half of a change
+        return word & _GENERATION_MASK, word >> _EPOCH_SHIFT
 
-    def _move_on(self, generation: int) -> tuple[int, int]:
-        """Start the epoch after the one of ``generation``; returns the new (generation, epoch).
-
-        Workers that find a repeated item at the same time all write the same generation, so
-        the epoch moves on once."""
+    def _set_current(self, generation: int, epoch: int, expected: tuple[int, int] | None = None) -> None:
+        """Store ``(generation, epoch)`` in one word (only if it still holds ``expected``, when given)."""
         state = self._shared_views()[0]
-        if int(state[0]) == generation:
-            state[0] = generation + 1
-        return generation + 1, int(state[1]) + generation + 1 - int(state[2])
+        if expected is None or int(state[0]) == expected[1] << _EPOCH_SHIFT | expected[0]:
+            state[0] = epoch << _EPOCH_SHIFT | generation & _GENERATION_MASK
+
+    def _move_on(self, generation: int, epoch: int) -> tuple[int, int]:
+        """Start the epoch after ``epoch`` (of ``generation``); returns the new (generation, epoch).
+
+        Workers that find a repeated item at the same time all write the same value, so the
+        epoch moves on once."""
+        generation_after = (generation + 1) & _GENERATION_MASK
+        self._set_current(generation_after, epoch + 1, expected=(generation, epoch))
+        return generation_after, epoch + 1
 
     def _read_in_full_one_at_a_time(self, generation: int) -> bool:
         state = self._shared_views()[0]
-        return int(state[4]) == generation and int(state[3]) >= len(self)
+        return int(state[2]) == generation and int(state[1]) >= len(self)
 
     def _begin_pass_read(self, rows: Any) -> int:
         """The epoch that serves ``rows`` (item positions, or ``slice(None)`` for all), read
@@ -397,7 +418,7 @@ class SyntheticDataset(Dataset):
         _, pass_reads, _ = self._shared_views()
         generation, epoch = self._current()
         if (pass_reads[rows] == generation + 1).any() or self._read_in_full_one_at_a_time(generation):
-            generation, epoch = self._move_on(generation)
+            generation, epoch = self._move_on(generation, epoch)
         pass_reads[rows] = generation + 1
         return epoch
 
@@ -406,12 +427,12 @@ class SyntheticDataset(Dataset):
         state, pass_reads, item_reads = self._shared_views()
         generation, epoch = self._current()
         if pass_reads[row] == generation + 1 or self._read_in_full_one_at_a_time(generation):
-            generation, epoch = self._move_on(generation)
+            generation, epoch = self._move_on(generation, epoch)
         if item_reads[row] != generation + 1:  # the first look at this item in this epoch
             item_reads[row] = generation + 1
-            if int(state[4]) != generation:
-                state[3], state[4] = 0, generation
-            state[3] += 1
+            if int(state[2]) != generation:
+                state[1], state[2] = 0, generation
+            state[1] += 1
         return epoch
 
     # -- torchvision-style attributes --------------------------------------------------
@@ -460,17 +481,16 @@ class SyntheticDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose images are served (as ``DistributedSampler.set_epoch``):
         the next pass reads this epoch in full, whatever was read before."""
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
+        if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or not 0 <= epoch < _MAX_EPOCH:
+            raise ValueError(f"epoch must be a non-negative int below 2**31, got {epoch!r}")
+        epoch = int(epoch)
         self._start_epoch(epoch)
         self._activate(epoch)
 
     def _start_epoch(self, epoch: int) -> None:
         """Make ``epoch`` current, with none of its items read yet."""
-        state = self._shared_views()[0]
-        generation = int(state[0]) + 1  # earlier reads belong to older generations
-        state[1], state[2] = epoch, generation
-        state[0] = generation
+        generation, _ = self._current()
+        self._set_current(generation + 1, epoch)  # earlier reads belong to older generations
 
     def _activate(self, epoch: int) -> None:
         if epoch != self._active_epoch:

@@ -178,3 +178,56 @@ def test_bundled_mnist_drop_last_passes_never_repeat_an_image():
         if len(seen):
             assert not torch.cdist(flat, seen).lt(1e-3).any()
         seen = torch.cat([seen, flat])
+
+
+@pytest.mark.parametrize("copy_with", ["deepcopy", "pickle"])
+def test_a_copied_dataset_keeps_its_epochs_shared_with_its_workers(gen, copy_with):
+    import copy
+    import pickle
+
+    ds = make(gen)
+    ds.set_epoch(1)
+    copied = copy.deepcopy(ds) if copy_with == "deepcopy" else pickle.loads(pickle.dumps(ds))
+    assert copied._epoch_state.is_shared() and copied._pass_reads.is_shared()
+    assert copied.epoch == 1
+    references = reference_epochs(gen, 4)
+    loader = DataLoader(copied, batch_size=8, **loader_kwargs(2))
+    for epoch in (1, 2, 3):  # the workers' reads reach the copy: each pass moves on
+        images, _ = one_pass(loader)
+        assert epochs_of(images, references) == [{epoch}] * 30
+    assert copied.epoch == 3 and ds.epoch == 1  # the copy is independent of the original
+
+
+def test_the_epoch_changes_in_one_store(gen):
+    """A worker reading the epoch while set_epoch changes it sees the old or the new one, never a mix."""
+    import multiprocessing
+
+    ds = make(gen)
+    ds.set_epoch(5)
+    ctx = multiprocessing.get_context("fork")
+    seen = ctx.Queue()
+
+    def reader():
+        epochs = set()
+        for _ in range(50_000):
+            epochs.add(ds.epoch)
+        seen.put(sorted(epochs))
+
+    process = ctx.Process(target=reader)
+    process.start()
+    while process.is_alive():
+        for epoch in (0, 5):
+            ds.set_epoch(epoch)
+        process.join(0)
+    assert set(seen.get(timeout=10)) <= {0, 5}
+
+
+def test_set_epoch_takes_numpy_integers_and_refuses_out_of_range(gen):
+    import numpy as np
+
+    ds = make(gen)
+    ds.set_epoch(np.int64(4))
+    assert ds.epoch == 4 and type(ds.epoch) is int
+    for bad in (-1, 2**31, 1.0, True):
+        with pytest.raises(ValueError, match="epoch must be a non-negative int below 2\\*\\*31"):
+            ds.set_epoch(bad)
