@@ -438,7 +438,7 @@ def _check_out_contents(out: Path, resume: bool) -> None:
             f"{out} already holds a run (checkpoint {checkpoint}); "
             "pass --resume (resume=True) to continue it, or choose another --out (out=)"
         )
-    entries = sorted(p.name for p in out.iterdir())
+    entries = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))  # .gitkeep, .DS_Store: kept
     if not entries:
         return
     if (out / RUN_CONFIG).is_file():  # a run of this command without its checkpoint: it starts over

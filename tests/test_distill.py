@@ -1159,7 +1159,9 @@ def test_new_empty_and_own_run_folders_are_used(grey28, tmp_path, capsys, monkey
     with --resume."""
     assert run_cli(grey28, tmp_path / "new" / "run", "--stage2-epochs", "0") == 0
     (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / ".gitkeep").write_text("")  # hidden files do not count
     assert run_cli(grey28, tmp_path / "empty", "--stage2-epochs", "0") == 0
+    assert (tmp_path / "empty" / ".gitkeep").exists()
     out = tmp_path / "stopped"
     run_until_interrupted(grey28, out, 0, monkeypatch)  # stopped in the first epoch: settings only
     assert sorted(p.name for p in out.iterdir()) == ["distill_config.json"]
