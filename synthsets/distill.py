@@ -58,6 +58,7 @@ from .hub import (
     error_detail,
     file_in_the_way,
     hub_unreachable,
+    remove_stale_temporaries,
     upload_folder_or_explain,
 )
 from .models import POOL, create_model, is_model, list_models, preferred_memory_format
@@ -897,6 +898,8 @@ class Distiller:
             torch.distributed.barrier()
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+            for folder in (self.out, self.checkpoint_path.parent, self.out / "stage1", self.out / "samples"):
+                remove_stale_temporaries(folder)  # half-written files of a killed run
         if resume and self.checkpoint_path.is_file():
             self.load_checkpoint()
             if self.is_main:
@@ -1103,7 +1106,10 @@ def _explicit_flags(parser: argparse.ArgumentParser, argv: Sequence[str] | None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    rank = int(os.environ.get("RANK", 0))
     parser = build_parser()
+    if rank != 0:  # torchrun: every rank parses the same command line; rank 0 reports its errors
+        parser.error = lambda message: sys.exit(2)  # type: ignore[method-assign]
     args = parser.parse_args(argv)
     given = _explicit_flags(parser, argv)
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(DistillConfig) if hasattr(args, f.name)}
@@ -1113,12 +1119,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             tune_cpu_allocator()  # a command line owns its process: keep freed memory for reuse
         out = _run(config, resume=args.resume)  # the preset is applied already (explicit flags win)
     except ConfigError as err:  # name the command-line option, not the DistillConfig field
-        print(f"error: {err.render(_option_names(parser))}", file=sys.stderr)
+        if rank == 0:  # the same settings on every rank
+            print(f"error: {err.render(_option_names(parser))}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, FileExistsError, ValueError, WeightsError, UploadError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except FileExistsError as err:  # the output folder, the same for every rank
+        if rank == 0:
+            print(f"error: {err}", file=sys.stderr)
         return 2
-    if int(os.environ.get("RANK", 0)) == 0:
+    except (FileNotFoundError, ValueError, WeightsError, UploadError) as err:
+        print(f"error{f' (rank {rank})' if rank else ''}: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if rank == 0:
+            print(f"interrupted; the last finished epoch is saved in {values.get('out')}: add --resume to the same "
+                  "command to continue", file=sys.stderr)
+        return 130
+    if rank == 0:
         print(f"generator written to {out}; load it with synthsets.DiM({str(out)!r}, inpc=10)")
     return 0
 

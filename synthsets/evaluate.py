@@ -864,6 +864,12 @@ def _results_path(out: Path, shard: tuple[int, int]) -> Path:
     return out / ("results.json" if shard[1] == 1 else f"results.rank{shard[0]}.json")
 
 
+def _files_with_results(out: Path) -> list[Path]:
+    """The results files in ``out`` (``results.json``, ``results.rank*.json``) holding runs."""
+    files = [out / "results.json", *sorted(out.glob("results.rank*.json"), key=lambda p: (len(p.name), p.name))]
+    return [f for f in files if f.is_file() and read_results([f])]
+
+
 def _write_json(path: Path, records: list[dict[str, Any]]) -> None:
     from .hub import atomic_write_text
 
@@ -1030,6 +1036,14 @@ def evaluate(
         existing = _results_path(out_path, (shard_i, shard_n))
         held = read_results([existing]) if existing.is_file() else []
         if resume:
+            rank_files = [f for f in _files_with_results(out_path) if f.name != "results.json"]
+            if shard_n == 1 and rank_files:
+                names = ", ".join(f.name for f in rank_files)
+                raise FileExistsError(
+                    f"{out_path} holds the per-rank results of a sharded or torchrun evaluation ({names}); resume "
+                    f"it with the same number of processes (shards), or merge them first: python -m "
+                    f"synthsets.evaluate merge {out_path} --out MERGED, then --resume with --out MERGED"
+                )
             records = held
             _check_resumable(records, existing, cfg, _generation_dtype(generation_dtype), model_kwargs, seed)
             done = {_job_key(r) for r in records}
@@ -1483,6 +1497,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _error(problem: object, quiet: bool = False) -> None:
+    """Print ``error: problem`` (unless ``quiet``: a torchrun rank other than 0, whose rank 0 says the same)."""
+    if not quiet:
+        print(f"error: {problem}", file=sys.stderr)
+
+
 def _merge_main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m synthsets.evaluate merge", description="Merge results into one table.")
     p.add_argument("paths", nargs="+", metavar="RESULTS", help="results folders or JSON files")
@@ -1584,15 +1604,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "merge":
         return _merge_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    quiet = int(os.environ.get("RANK", 0)) != 0  # torchrun: rank 0 reports what every rank finds alike
+    parser = build_parser()
+    if quiet:
+        parser.error = lambda message: sys.exit(2)  # type: ignore[method-assign]
+    args = parser.parse_args(argv)
     if args.merge:
         return _do_merge(args.merge, args.out, args.update_card)
     if not args.generators and not args.baselines:
-        print("error: give --generator SPEC... and/or --baselines random-real whole", file=sys.stderr)
+        _error("give --generator SPEC... and/or --baselines random-real whole", quiet)
         return 2
     problem = _out_problem(args.out) if args.out else None
     if problem is not None:
-        print(f"error: {problem}", file=sys.stderr)
+        _error(problem, quiet)
         return 2
     try:
         shard = parse_shard(args.shard)
@@ -1618,13 +1642,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"(Generator.from_pretrained({read_only[0]!r}).save_pretrained(FOLDER)) and pass --generator FOLDER"
             )
     except (ValueError, FileNotFoundError, WeightsError) as err:  # WeightsError: corrupt or mismatched files
-        print(f"error: {err}", file=sys.stderr)
+        _error(err, quiet)  # settings and sources: the same on every rank
         return 2
     out = Path(args.out) if args.out else None
     if torchrun and out is not None:
         problem = _unsharded_results_problem(out)
+        held = [] if args.resume else _files_with_results(out)
+        if problem is None and held:  # any rank's results: all ranks refuse alike, before any of them writes
+            problem = (f"{out} already holds results ({', '.join(f.name for f in held)}); pass --resume to continue "
+                       "them, or choose another --out")
         if problem is not None:  # every rank reads the same folder, so every rank stops here
-            print(f"error: {problem}", file=sys.stderr)
+            _error(problem, quiet)
             return 2
     joined = _init_distributed(world) if torchrun else False
 
@@ -1640,9 +1668,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             config=config, device=device, shard=shard, out=out, resume=args.resume, progress=args.progress,
             compile=args.compile, generation_dtype=args.generation_dtype, on_start=notices,
         )
-    except (FileNotFoundError, FileExistsError, ValueError, WeightsError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except FileExistsError as err:  # the output folder: the same for every rank
+        _error(err, quiet)
         return 2
+    except (FileNotFoundError, ValueError, WeightsError) as err:  # may be this rank's own (its data, its models)
+        print(f"error{f' (rank {rank})' if torchrun and rank else ''}: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if rank == 0:
+            how = (f"the finished runs are saved in {out}: add --resume to the same command to continue"
+                   if out is not None else "nothing was saved (no --out)")
+            print(f"interrupted; {how}", file=sys.stderr)
+        return 130
     if shard[1] > 1:
         if joined:
             torch.distributed.barrier()  # every rank has written its results.rank{r}.json

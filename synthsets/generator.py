@@ -356,7 +356,7 @@ class Generator(nn.Module):
                     f"got {dtype!r}: other dtypes could not be loaded back"
                 )
         directory = Path(save_directory)
-        blocker = next((p for p in (directory, *directory.parents) if p.exists() and not p.is_dir()), None)
+        blocker = hub.file_in_the_way(directory)
         if blocker is not None:
             where = f"{directory} is a file" if blocker == directory else f"{directory} lies under {blocker}, a file"
             raise FileExistsError(f"cannot save the generator: {where}; give a folder path")

@@ -429,7 +429,8 @@ def uninterrupted(grey28, tmp_path_factory) -> Path:
 
 
 def run_until_interrupted(data, out: Path, stop_at: int, monkeypatch) -> None:
-    """Run the CLI with SCHEDULE and stop it (KeyboardInterrupt) as epoch ``stop_at`` begins."""
+    """Run the CLI with SCHEDULE and stop it (KeyboardInterrupt, as Ctrl-C) as epoch ``stop_at``
+    begins: it exits with 130 and says how to continue."""
     original = Distiller.run_epoch
 
     def interrupted(self, epoch):
@@ -438,15 +439,17 @@ def run_until_interrupted(data, out: Path, stop_at: int, monkeypatch) -> None:
         return original(self, epoch)
 
     monkeypatch.setattr(Distiller, "run_epoch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        run_cli(data, out, *SCHEDULE)
+    assert run_cli(data, out, *SCHEDULE) == 130
     monkeypatch.setattr(Distiller, "run_epoch", original)
 
 
 @pytest.mark.parametrize("stop_at", [1, 2], ids=["in-stage1", "at-stage-boundary"])
-def test_resume_matches_uninterrupted_run(stop_at, grey28, uninterrupted, tmp_path, monkeypatch):
+def test_resume_matches_uninterrupted_run(stop_at, grey28, uninterrupted, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     run_until_interrupted(grey28, out, stop_at, monkeypatch)
+    assert capsys.readouterr().err.split("\r")[-1].endswith(
+        f"interrupted; the last finished epoch is saved in {out}: add --resume to the same command to continue\n"
+    )
 
     _, meta = load_checkpoint(out / "checkpoints" / "last.safetensors")
     assert meta["epoch"] == stop_at
@@ -1246,3 +1249,16 @@ def test_one_class_folder_is_refused_naming_the_data(tmp_path, capsys):
         "one sub-folder per class (train/<class>/<image>)\n"
     )
     assert not out.exists()
+
+
+def test_resume_removes_files_half_written_by_a_killed_run(grey28, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    run_until_interrupted(grey28, out, 1, monkeypatch)
+    stale = [out / "checkpoints" / ".last.safetensors.k1ll3d.tmp", out / ".model.safetensors.x7q2.tmp"]
+    for path in stale:  # what a SIGKILL during an atomic write leaves
+        path.write_bytes(b"partial")
+    keep = out / "checkpoints" / "notes.tmp"  # not an atomic write's temporary: kept
+    keep.write_text("mine")
+    assert run_cli(grey28, out, *SCHEDULE, "--resume") == 0
+    assert not any(path.exists() for path in stale) and keep.exists()
+    assert not list(out.rglob(".*.tmp"))

@@ -1035,7 +1035,7 @@ def test_torchrun_refuses_a_folder_with_an_unsharded_runs_results(tmp_path, caps
     assert main(args) == 0  # unsharded
     before = (out / "results.json").read_text()
     capsys.readouterr()
-    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setattr(evaluate_mod, "_init_distributed", lambda world: pytest.fail("must refuse before joining"))
     assert main(args) == 2
@@ -1044,10 +1044,21 @@ def test_torchrun_refuses_a_folder_with_an_unsharded_runs_results(tmp_path, caps
         f"evaluation would replace with its ranks' results; choose another --out, and combine both afterwards "
         f"with: python -m synthsets.evaluate merge {out} NEW_OUT --out COMBINED"
     )
+    monkeypatch.setenv("RANK", "1")  # the other ranks refuse too, silently: rank 0 said it
+    assert main(args) == 2
+    assert capsys.readouterr().err == ""
     assert (out / "results.json").read_text() == before
     # a results.json merged from rank files, an empty folder and a missing one are no obstacle
     (out / "results.rank0.json").write_text(before)
     assert _unsharded_results_problem(out) is None
+    # but a folder holding a torchrun run's results is refused without --resume, by every rank alike
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        assert main(args) == 2
+    assert capsys.readouterr().err == (
+        f"error: {out} already holds results (results.json, results.rank0.json); pass --resume to continue them, "
+        "or choose another --out\n"
+    )
     assert _unsharded_results_problem(tmp_path / "new") is None
     (tmp_path / "empty").mkdir()
     assert _unsharded_results_problem(tmp_path / "empty") is None
