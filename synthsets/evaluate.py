@@ -1053,9 +1053,10 @@ def evaluate(
                 "or choose another --out (out=)"
             )
 
-    # load this shard's real data and try each model on it before anything trains
+    # load this shard's real data and try on it each model any shard trains on it (so that
+    # shards of one command refuse alike), before anything trains
     for key in dict.fromkeys(job[0] for job in mine):
-        _check_models([job[3] for job in mine if job[0] == key], get_real(key), model_kwargs)
+        _check_models([job[3] for job in jobs if job[0] == key], get_real(key), model_kwargs)
     if on_start is not None:
         on_start()
 
