@@ -75,7 +75,7 @@ def distill_card(cfg: Any, real: Any, epochs_done: int, wall_seconds: float | No
     shown = {k: settings[k] for k in (
         "width", "disc_width", "noise_dim", "stage1_epochs", "stage2_epochs", "steps_per_epoch",
         "stage2_steps_per_epoch", "batch_size", "lr", "stage2_lr", "match_weight", "pool", "inner_steps",
-        "siamese", "seed", "preset", "stage1_minutes", "stage2_minutes",
+        "siamese", "stage2_dsa", "seed", "preset", "stage1_minutes", "stage2_minutes",
     ) if k in settings}
     wall = f"{wall_seconds / 60:.1f} minutes" if wall_seconds is not None else "n/a"
     details = f"{real.num_classes} classes,\n{real.channels}x{real.image_size}x{real.image_size}"

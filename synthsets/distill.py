@@ -5,7 +5,9 @@ matching: every epoch a fresh model is drawn from the models pool; before each
 generator step it is trained for 16 SGD steps on DSA-augmented real images, then real
 and generated images with the same labels are augmented with one shared (siamese) DSA
 draw and ``L_m = mean((log_softmax(m(real)) - log_softmax(m(fake)))^2)`` is added to
-the generator loss with weight ``lambda`` (0.01).
+the generator loss with weight ``lambda`` (0.01). Both augmentations use every DSA op;
+``--stage2-dsa reference`` (``stage2_dsa="reference"``) uses the reference code's
+colour+crop to train the pool model and colour+crop+cutout to match.
 
     python -m synthsets.distill --data mnist --root DATA --out runs/mnist
     torchrun --nproc_per_node 4 -m synthsets.distill --data cifar10 --root DATA --out runs/c10
@@ -136,6 +138,7 @@ class DistillConfig:
     inner_momentum: float = 0.9
     inner_weight_decay: float = 5e-4
     siamese: bool = True
+    stage2_dsa: str = "full"  # "full": every DSA op for both uses; "reference": as DiM's reference code
     # speed: on a single CUDA device, replay each training step as one CUDA graph
     cuda_graphs: bool = True
     # run control
@@ -203,6 +206,8 @@ class DistillConfig:
             raise _bad("data", f"must be a str naming a dataset or an image folder, got {self.data!r}")
         if not isinstance(self.out, str) or not self.out.strip():
             raise _bad("out", f"must be a str naming the output folder, got {self.out!r}")
+        if self.stage2_dsa not in STAGE2_DSA:
+            raise _bad("stage2_dsa", f"must be one of {sorted(STAGE2_DSA)}, got {self.stage2_dsa!r}")
         if self.preset is not None and self.preset not in PRESETS:
             raise _bad("preset", f"names an unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
         pool = self.pool
@@ -229,8 +234,13 @@ RESUME_MAY_CHANGE = frozenset({
 #: settings that only stage 2 uses: they may change too while stage 2 has not begun
 STAGE2_SETTINGS = frozenset({
     "stage2_lr", "match_weight", "pool", "pool_width", "inner_steps", "inner_lr", "inner_momentum",
-    "inner_weight_decay", "siamese", "stage2_steps_per_epoch",
+    "inner_weight_decay", "siamese", "stage2_steps_per_epoch", "stage2_dsa",
 })
+#: stage 2's DSA strategies, by ``stage2_dsa``: (training the pool model, matching)
+STAGE2_DSA = {
+    "full": ("flip_color_crop_scale_rotate_cutout", "flip_color_crop_scale_rotate_cutout"),
+    "reference": ("color_crop", "color_crop_cutout"),  # DiM's reference code (CutMix off in stage 2)
+}
 
 
 def _dataset_identity(real: RealData) -> dict[str, Any]:
@@ -578,7 +588,9 @@ class Distiller:
             self.G_train = nn.parallel.DistributedDataParallel(
                 self.G, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
-        self.dsa = DSA()  # full DSA strategy for matching and for training the pool model
+        pool_strategy, match_strategy = STAGE2_DSA[config.stage2_dsa]
+        self.dsa = DSA(pool_strategy)  # training the pool model, one draw per image
+        self.match_dsa = DSA(match_strategy)  # matching: one shared (siamese) draw per batch pair
         self.epoch = 0  # epochs completed over both stages
         self.total_epochs = config.stage1_epochs + config.stage2_epochs
         self.stage_started: float | None = None
@@ -678,7 +690,7 @@ class Distiller:
 
     def matching_loss(self, model: nn.Module, real: Tensor, fake: Tensor) -> Tensor:
         """Logits matching on one shared (siamese) DSA draw of the real/fake pair."""
-        real_aug, fake_aug = self.dsa.pair(real, fake, siamese=self.cfg.siamese)
+        real_aug, fake_aug = self.match_dsa.pair(real, fake, siamese=self.cfg.siamese)
         with torch.no_grad():
             target = F.log_softmax(model(real_aug), dim=1)
         return (target - F.log_softmax(model(fake_aug), dim=1)).pow(2).mean()
@@ -1073,6 +1085,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--pool-width", type=int, help="width of ConvNet pool models (default 128)")
     a("--inner-steps", type=int, default=d.inner_steps, help="SGD steps of the pool model per generator step")
     a("--no-siamese", dest="siamese", action="store_false", help="per-index instead of one shared DSA draw")
+    a("--stage2-dsa", choices=sorted(STAGE2_DSA), default=d.stage2_dsa,
+      help="stage 2's DSA: 'full' (default: every op, to train the pool model and to match) or 'reference' "
+           "(DiM's reference code: colour+crop to train the pool model, colour+crop+cutout to match)")
     a("--seed", type=int, default=d.seed,
       help="random seed of the initialisation, the batches, the noise and the pool-model draws (default: %(default)s)")
     a("--device", help="cuda, cuda:1, cpu (default: CUDA when present)")

@@ -1262,3 +1262,22 @@ def test_resume_removes_files_half_written_by_a_killed_run(grey28, tmp_path, mon
     assert run_cli(grey28, out, *SCHEDULE, "--resume") == 0
     assert not any(path.exists() for path in stale) and keep.exists()
     assert not list(out.rglob(".*.tmp"))
+
+
+def test_stage2_dsa_full_or_as_the_reference_code(grey28, tmp_path, capsys):
+    full = Distiller(tiny_config(grey28, tmp_path / "full"))
+    assert full.dsa.ops == full.match_dsa.ops == ("flip", "color", "crop", "scale", "rotate", "cutout")
+    reference = Distiller(tiny_config(grey28, tmp_path / "reference", stage2_dsa="reference"))
+    assert reference.dsa.ops == ("color", "crop") and reference.match_dsa.ops == ("color", "crop", "cutout")
+    for trainer in (full, reference):
+        trainer.close()
+    with pytest.raises(distill_mod.ConfigError, match=r"stage2_dsa must be one of \['full', 'reference'\], got 'paper'"):
+        tiny_config(grey28, tmp_path / "bad", stage2_dsa="paper")
+    with pytest.raises(SystemExit):
+        run_cli(grey28, tmp_path / "bad", "--stage2-dsa", "paper")
+    assert "--stage2-dsa: invalid choice: 'paper'" in capsys.readouterr().err
+    assert "stage2_dsa" in distill_mod.STAGE2_SETTINGS  # may change while stage 2 has not begun
+    out = tmp_path / "reference-run"
+    assert run_cli(grey28, out, "--stage2-dsa", "reference") == 0
+    assert json.loads((out / "distill_config.json").read_text())["stage2_dsa"] == "reference"
+    assert "| stage2_dsa | reference |" in (out / "README.md").read_text()  # the model card says so
