@@ -29,7 +29,7 @@ WEIGHTS_NAME = "model.safetensors"
 MODEL_TYPE = "dim-generator"
 
 
-def _is_real(value: Any) -> bool:
+def _is_finite_number(value: Any) -> bool:
     """A finite int or float (not a bool, a string or NaN)."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -85,7 +85,7 @@ class GeneratorConfig:
             if stats is None:
                 setattr(self, name, [0.5] * self.channels)
                 continue
-            if not isinstance(stats, (list, tuple)) or not all(_is_real(v) for v in stats):
+            if not isinstance(stats, (list, tuple)) or not all(_is_finite_number(v) for v in stats):
                 raise ValueError(f"GeneratorConfig.{name} must be a list of finite numbers, got {stats!r}")
             if len(stats) != self.channels:
                 raise ValueError(f"GeneratorConfig.{name} needs {self.channels} values, got {stats!r}")
@@ -248,7 +248,8 @@ class Generator(nn.Module):
                 raise ValueError(f"labels must be integer class indices, got a {labels.dtype} tensor")
             tensor = labels
         else:
-            if isinstance(labels, (int, np.integer)) and not isinstance(labels, bool) or getattr(labels, "ndim", 1) == 0:
+            single = isinstance(labels, (int, np.integer)) and not isinstance(labels, bool)
+            if single or getattr(labels, "ndim", 1) == 0:  # 3, np.int64(3), np.array(3)
                 raise ValueError(f"labels must be a 1-D sequence of class indices, got the single value {labels!r}; "
                                  f"for one image pass [label]")
             if isinstance(labels, (str, bytes)) or not isinstance(labels, Sequence) and not hasattr(labels, "__array__"):
