@@ -404,6 +404,8 @@ class SyntheticDataset(Dataset):
 
         Workers that find a repeated item at the same time all write the same value, so the
         epoch moves on once."""
+        if epoch + 1 >= _MAX_EPOCH:
+            raise OverflowError(f"epoch {epoch} is the last one (epochs stay below 2**31); call set_epoch to go on")
         generation_after = (generation + 1) & _GENERATION_MASK
         self._set_current(generation_after, epoch + 1, expected=(generation, epoch))
         return generation_after, epoch + 1

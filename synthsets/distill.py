@@ -206,7 +206,7 @@ class DistillConfig:
             raise _bad("data", f"must be a str naming a dataset or an image folder, got {self.data!r}")
         if not isinstance(self.out, str) or not self.out.strip():
             raise _bad("out", f"must be a str naming the output folder, got {self.out!r}")
-        if self.stage2_dsa not in STAGE2_DSA:
+        if not isinstance(self.stage2_dsa, str) or self.stage2_dsa not in STAGE2_DSA:
             raise _bad("stage2_dsa", f"must be one of {sorted(STAGE2_DSA)}, got {self.stage2_dsa!r}")
         if self.preset is not None and self.preset not in PRESETS:
             raise _bad("preset", f"names an unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
@@ -910,8 +910,9 @@ class Distiller:
             torch.distributed.barrier()
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            for folder in (self.out, self.checkpoint_path.parent, self.out / "stage1", self.out / "samples"):
-                remove_stale_temporaries(folder)  # half-written files of a killed run
+            if (self.out / RUN_CONFIG).is_file():  # a run's folder: its files half-written when it was killed
+                for folder in (self.out, self.checkpoint_path.parent, self.out / "stage1", self.out / "samples"):
+                    remove_stale_temporaries(folder)
         if resume and self.checkpoint_path.is_file():
             self.load_checkpoint()
             if self.is_main:
@@ -1120,10 +1121,19 @@ def _explicit_flags(parser: argparse.ArgumentParser, argv: Sequence[str] | None)
     return set(vars(shadow.parse_args(argv)))
 
 
+def _torchrun_rank() -> tuple[int, int]:
+    """(rank, world size) from torchrun's environment; (0, 1) outside it (or if unreadable)."""
+    try:
+        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    except ValueError:
+        return 0, 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    rank = int(os.environ.get("RANK", 0))
+    rank, world = _torchrun_rank()
+    reports = rank == 0 or world == 1  # under torchrun, rank 0 reports what every rank finds alike
     parser = build_parser()
-    if rank != 0:  # torchrun: every rank parses the same command line; rank 0 reports its errors
+    if not reports:  # torchrun: every rank parses the same command line
         parser.error = lambda message: sys.exit(2)  # type: ignore[method-assign]
     args = parser.parse_args(argv)
     given = _explicit_flags(parser, argv)
@@ -1134,22 +1144,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             tune_cpu_allocator()  # a command line owns its process: keep freed memory for reuse
         out = _run(config, resume=args.resume)  # the preset is applied already (explicit flags win)
     except ConfigError as err:  # name the command-line option, not the DistillConfig field
-        if rank == 0:  # the same settings on every rank
+        if reports:  # the same settings on every rank
             print(f"error: {err.render(_option_names(parser))}", file=sys.stderr)
         return 2
     except FileExistsError as err:  # the output folder, the same for every rank
-        if rank == 0:
+        if reports:
             print(f"error: {err}", file=sys.stderr)
         return 2
     except (FileNotFoundError, ValueError, WeightsError, UploadError) as err:
-        print(f"error{f' (rank {rank})' if rank else ''}: {err}", file=sys.stderr)
+        print(f"error{f' (rank {rank})' if rank and world > 1 else ''}: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        if rank == 0:
-            print(f"interrupted; the last finished epoch is saved in {values.get('out')}: add --resume to the same "
-                  "command to continue", file=sys.stderr)
+        if reports:
+            print(f"interrupted; add --resume to the same command to continue from the last finished epoch "
+                  f"(checkpointed in {values.get('out')})", file=sys.stderr)
         return 130
-    if rank == 0:
+    if reports:
         print(f"generator written to {out}; load it with synthsets.DiM({str(out)!r}, inpc=10)")
     return 0
 

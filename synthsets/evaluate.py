@@ -1037,7 +1037,8 @@ def evaluate(
         held = read_results([existing]) if existing.is_file() else []
         if resume:
             rank_files = [f for f in _files_with_results(out_path) if f.name != "results.json"]
-            if shard_n == 1 and rank_files:
+            merged = {_job_key(r) for r in held}
+            if shard_n == 1 and any(_job_key(r) not in merged for r in read_results(rank_files)):
                 names = ", ".join(f.name for f in rank_files)
                 raise FileExistsError(
                     f"{out_path} holds the per-rank results of a sharded or torchrun evaluation ({names}); resume "
@@ -1605,11 +1606,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "merge":
         return _merge_main(argv[1:])
-    quiet = int(os.environ.get("RANK", 0)) != 0  # torchrun: rank 0 reports what every rank finds alike
+    env_rank, env_world, _ = _distributed_env()
     parser = build_parser()
-    if quiet:
+    if env_world > 1 and env_rank != 0:  # torchrun: every rank parses the same command line; rank 0 reports
         parser.error = lambda message: sys.exit(2)  # type: ignore[method-assign]
     args = parser.parse_args(argv)
+    # torchrun (not a --shard command of its own): rank 0 reports what every rank finds alike
+    quiet = args.shard is None and env_world > 1 and env_rank != 0
     if args.merge:
         return _do_merge(args.merge, args.out, args.update_card)
     if not args.generators and not args.baselines:
@@ -1648,7 +1651,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out) if args.out else None
     if torchrun and out is not None:
         problem = _unsharded_results_problem(out)
-        held = [] if args.resume else _files_with_results(out)
+        try:
+            held = [] if args.resume else _files_with_results(out)
+        except ValueError as err:  # a results file that is not one
+            _error(err, quiet)
+            return 2
         if problem is None and held:  # any rank's results: all ranks refuse alike, before any of them writes
             problem = (f"{out} already holds results ({', '.join(f.name for f in held)}); pass --resume to continue "
                        "them, or choose another --out")

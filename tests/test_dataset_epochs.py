@@ -228,6 +228,11 @@ def test_set_epoch_takes_numpy_integers_and_refuses_out_of_range(gen):
     ds = make(gen)
     ds.set_epoch(np.int64(4))
     assert ds.epoch == 4 and type(ds.epoch) is int
+    ds.set_epoch(2**31 - 1)  # the last epoch: served, and moving past it says so
+    assert ds.epoch == 2**31 - 1
+    one_pass(DataLoader(ds, batch_size=8))
+    with pytest.raises(OverflowError, match=r"epoch 2147483647 is the last one \(epochs stay below 2\*\*31\); call set_epoch"):
+        one_pass(DataLoader(ds, batch_size=8))
     for bad in (-1, 2**31, 1.0, True):
         with pytest.raises(ValueError, match="epoch must be a non-negative int below 2\\*\\*31"):
             ds.set_epoch(bad)

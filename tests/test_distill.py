@@ -448,7 +448,8 @@ def test_resume_matches_uninterrupted_run(stop_at, grey28, uninterrupted, tmp_pa
     out = tmp_path / "run"
     run_until_interrupted(grey28, out, stop_at, monkeypatch)
     assert capsys.readouterr().err.split("\r")[-1].endswith(
-        f"interrupted; the last finished epoch is saved in {out}: add --resume to the same command to continue\n"
+        f"interrupted; add --resume to the same command to continue from the last finished epoch (checkpointed in "
+        f"{out})\n"
     )
 
     _, meta = load_checkpoint(out / "checkpoints" / "last.safetensors")
@@ -1262,6 +1263,23 @@ def test_resume_removes_files_half_written_by_a_killed_run(grey28, tmp_path, mon
     assert run_cli(grey28, out, *SCHEDULE, "--resume") == 0
     assert not any(path.exists() for path in stale) and keep.exists()
     assert not list(out.rglob(".*.tmp"))
+    # a new run into a folder of hidden files only: not a run's folder, nothing is deleted
+    mine = tmp_path / "fresh" / ".my-notes.tmp"
+    mine.parent.mkdir()
+    mine.write_text("mine")
+    assert run_cli(grey28, mine.parent, "--stage2-epochs", "0") == 0
+    assert mine.read_text() == "mine"
+
+
+def test_errors_are_printed_once_under_torchrun_only(grey28, tmp_path, capsys, monkeypatch):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "foo.txt").write_text("x")
+    expected = "error: " + str(tmp_path / "taken") + " already exists and is not empty (foo.txt)"
+    for rank, world, printed in (("0", "2", True), ("1", "2", False), ("1", "1", True), ("", "", True)):
+        monkeypatch.setenv("RANK", rank)
+        monkeypatch.setenv("WORLD_SIZE", world)
+        assert run_cli(grey28, tmp_path / "taken") == 2
+        assert capsys.readouterr().err.startswith(expected) is printed, (rank, world)
 
 
 def test_stage2_dsa_full_or_as_the_reference_code(grey28, tmp_path, capsys):
@@ -1271,8 +1289,9 @@ def test_stage2_dsa_full_or_as_the_reference_code(grey28, tmp_path, capsys):
     assert reference.dsa.ops == ("color", "crop") and reference.match_dsa.ops == ("color", "crop", "cutout")
     for trainer in (full, reference):
         trainer.close()
-    with pytest.raises(distill_mod.ConfigError, match=r"stage2_dsa must be one of \['full', 'reference'\], got 'paper'"):
-        tiny_config(grey28, tmp_path / "bad", stage2_dsa="paper")
+    for bad in ("paper", ["full"]):
+        with pytest.raises(distill_mod.ConfigError, match=r"stage2_dsa must be one of \['full', 'reference'\], got "):
+            tiny_config(grey28, tmp_path / "bad", stage2_dsa=bad)
     with pytest.raises(SystemExit):
         run_cli(grey28, tmp_path / "bad", "--stage2-dsa", "paper")
     assert "--stage2-dsa: invalid choice: 'paper'" in capsys.readouterr().err

@@ -376,6 +376,19 @@ def test_shards_merge_into_the_unsharded_result(tmp_path, real, gen):
     assert main(["merge", *map(str, sorted(parts.glob("results.rank*.json"))), "--out", str(tmp_path / "m")]) == 0
     assert len(read_results([tmp_path / "m"])) == len(full)
     assert main(["--merge", str(parts), "--out", str(tmp_path / "m2")]) == 0
+    # merged in place: an unsharded --resume continues from the merged results (more runs)
+    more = evaluate([Source.from_spec(gen, label="gen")], out=parts, resume=True, **{**kw, "runs": 3})
+    assert len(more) == len(full) * 3 // 2 and len(read_results([parts / "results.json"])) == len(more)
+
+
+def test_unsharded_resume_of_unmerged_rank_results_names_them(tmp_path, real, gen):
+    kw = dict(baselines=["random-real"], real=real, inpc=[1], runs=2, config=fast(), device="cpu",
+              model_kwargs=TINY, progress=False)
+    parts = tmp_path / "parts"
+    evaluate([Source.from_spec(gen, label="gen")], shard="0/2", out=parts, **kw)
+    with pytest.raises(FileExistsError, match=r"holds the per-rank results of a sharded or torchrun evaluation "
+                                              r"\(results.rank0.json\); resume it with the same number of processes"):
+        evaluate([Source.from_spec(gen, label="gen")], out=parts, resume=True, **kw)
 
 
 def test_parse_shard(monkeypatch):
@@ -1059,6 +1072,17 @@ def test_torchrun_refuses_a_folder_with_an_unsharded_runs_results(tmp_path, caps
         f"error: {out} already holds results (results.json, results.rank0.json); pass --resume to continue them, "
         "or choose another --out\n"
     )
+    # a rank file that is not a results file: one line, no traceback
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "results.rank1.json").write_text('{"runs": [{"dataset": "toy"}]}')
+    monkeypatch.setenv("RANK", "0")
+    assert main([*args[:-1], str(bad)]) == 2
+    assert "is not a synthsets.evaluate results file" in _one_error_line(capsys.readouterr().err)
+    # a --shard command of its own reports its errors whatever RANK says
+    monkeypatch.setenv("RANK", "1")
+    assert main([*args, "--shard", "1/2", "--inpc", "0"]) == 2
+    assert _one_error_line(capsys.readouterr().err).startswith("error: ")
     assert _unsharded_results_problem(tmp_path / "new") is None
     (tmp_path / "empty").mkdir()
     assert _unsharded_results_problem(tmp_path / "empty") is None
