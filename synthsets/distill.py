@@ -754,17 +754,19 @@ class Distiller:
             warmup=GRAPH_WARMUP_STEPS,
             enabled=self.use_cuda_graphs and self.graph_failure is None and steps > GRAPH_WARMUP_STEPS,
         )
-        with _cudnn_benchmark():
-            for step, idx in enumerate(self._batches(steps)):
-                stats = train_step(idx)
-                for k, v in stats.items():
-                    totals[k] = totals[k] + v if k in totals else v.double()
-                if bar is not None:
-                    bar.update(1)
-                    if step % 10 == 0:
-                        bar.set_postfix({k: f"{float(v):.3f}" for k, v in stats.items()})
-        if bar is not None:
-            bar.close()
+        try:
+            with _cudnn_benchmark():
+                for step, idx in enumerate(self._batches(steps)):
+                    stats = train_step(idx)
+                    for k, v in stats.items():
+                        totals[k] = totals[k] + v if k in totals else v.double()
+                    if bar is not None:
+                        bar.update(1)
+                        if step % 10 == 0:
+                            bar.set_postfix({k: f"{float(v):.3f}" for k, v in stats.items()})
+        finally:  # also on Ctrl-C: the next line printed starts on a clean line
+            if bar is not None:
+                bar.close()
         if train_step.failure is not None:
             self.graph_failure = train_step.failure  # do not try again in later epochs
         keys = sorted(totals)  # one host sync per epoch

@@ -499,46 +499,48 @@ def run_protocol(
     steps = images_seen = 0
     loss_value = float("nan")
     started = time.perf_counter()
-    for epoch in range(cfg.epochs):
-        lr = lr_at(cfg, epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        model.train()
-        loss = None
-        for x, y in train_batches(epoch):
-            x = x.to(dev, non_blocking=True)
-            y = y.to(dev, non_blocking=True)
-            if augment is not None:
-                x = augment(x, generator=rng) if isinstance(augment, DSA) else augment(x)
-            use_cutmix = cfg.cutmix and len(y) > 1
-            if use_cutmix and cfg.cutmix_prob < 1:
-                use_cutmix = float(torch.rand((), device=dev, generator=rng)) < cfg.cutmix_prob
-            mix = cutmix(x, y, beta=cfg.cutmix_beta, generator=rng) if use_cutmix else None
-            if mix is not None:
-                x = mix[0]
-            if net is not model:  # compiled: the first step compiles, a new batch shape recompiles
-                try:
+    try:
+        for epoch in range(cfg.epochs):
+            lr = lr_at(cfg, epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            model.train()
+            loss = None
+            for x, y in train_batches(epoch):
+                x = x.to(dev, non_blocking=True)
+                y = y.to(dev, non_blocking=True)
+                if augment is not None:
+                    x = augment(x, generator=rng) if isinstance(augment, DSA) else augment(x)
+                use_cutmix = cfg.cutmix and len(y) > 1
+                if use_cutmix and cfg.cutmix_prob < 1:
+                    use_cutmix = float(torch.rand((), device=dev, generator=rng)) < cfg.cutmix_prob
+                mix = cutmix(x, y, beta=cfg.cutmix_beta, generator=rng) if use_cutmix else None
+                if mix is not None:
+                    x = mix[0]
+                if net is not model:  # compiled: the first step compiles, a new batch shape recompiles
+                    try:
+                        loss = _forward_backward(net, optimizer, x, y, mix)
+                    except Exception as err:
+                        net = _compile_failed(model, model_name, err)
+                        loss = _forward_backward(net, optimizer, x, y, mix)
+                else:
                     loss = _forward_backward(net, optimizer, x, y, mix)
-                except Exception as err:
-                    net = _compile_failed(model, model_name, err)
-                    loss = _forward_backward(net, optimizer, x, y, mix)
-            else:
-                loss = _forward_backward(net, optimizer, x, y, mix)
-            optimizer.step()
-            steps += 1
-            images_seen += len(y)
-        if loss is not None:
-            loss_value = float(loss.detach())
-        last = epoch == cfg.epochs - 1
-        if last or (interval and (epoch + 1) % interval == 0):
-            # eagerly: an eval-mode graph would be compiled for a few test passes only
-            history.append([epoch + 1, test_accuracy(model, test, cfg.test_batch_size)])
+                optimizer.step()
+                steps += 1
+                images_seen += len(y)
+            if loss is not None:
+                loss_value = float(loss.detach())
+            last = epoch == cfg.epochs - 1
+            if last or (interval and (epoch + 1) % interval == 0):
+                # eagerly: an eval-mode graph would be compiled for a few test passes only
+                history.append([epoch + 1, test_accuracy(model, test, cfg.test_batch_size)])
+                if bar is not None:
+                    bar.set_postfix(acc=f"{history[-1][1]:.2f}", loss=f"{loss_value:.3f}")
             if bar is not None:
-                bar.set_postfix(acc=f"{history[-1][1]:.2f}", loss=f"{loss_value:.3f}")
+                bar.update(1)
+    finally:  # also on Ctrl-C or an error: the next line printed starts on a clean line
         if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+            bar.close()
     best_epoch, best_acc = max(history, key=lambda item: (item[1], -item[0]))
     return {
         "final_acc": history[-1][1],
