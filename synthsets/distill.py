@@ -51,7 +51,7 @@ from .cuda_graphs import GraphedStep
 from .data import RealData, load_real
 from .dataset import SEED_BOUND, _mix_seed, resolve_device
 from .discriminator import Discriminator, gradient_penalty
-from .evaluate import _model_input_problem
+from .evaluate import _distributed_env, _model_input_problem
 from .generator import Generator, GeneratorConfig
 from .hub import (
     UploadError,
@@ -1123,16 +1123,8 @@ def _explicit_flags(parser: argparse.ArgumentParser, argv: Sequence[str] | None)
     return set(vars(shadow.parse_args(argv)))
 
 
-def _torchrun_rank() -> tuple[int, int]:
-    """(rank, world size) from torchrun's environment; (0, 1) outside it (or if unreadable)."""
-    try:
-        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    except ValueError:
-        return 0, 1
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    rank, world = _torchrun_rank()
+    rank, world, _ = _distributed_env()
     reports = rank == 0 or world == 1  # under torchrun, rank 0 reports what every rank finds alike
     parser = build_parser()
     if not reports:  # torchrun: every rank parses the same command line

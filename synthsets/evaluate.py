@@ -866,10 +866,14 @@ def _results_path(out: Path, shard: tuple[int, int]) -> Path:
     return out / ("results.json" if shard[1] == 1 else f"results.rank{shard[0]}.json")
 
 
+def _rank_files(out: Path) -> list[Path]:
+    """``out``'s ``results.rank*.json`` files, in rank order (rank 10 after rank 9)."""
+    return sorted(out.glob("results.rank*.json"), key=lambda p: (len(p.name), p.name))
+
+
 def _files_with_results(out: Path) -> list[Path]:
     """The results files in ``out`` (``results.json``, ``results.rank*.json``) holding runs."""
-    files = [out / "results.json", *sorted(out.glob("results.rank*.json"), key=lambda p: (len(p.name), p.name))]
-    return [f for f in files if f.is_file() and read_results([f])]
+    return [f for f in (out / "results.json", *_rank_files(out)) if f.is_file() and read_results([f])]
 
 
 def _write_json(path: Path, records: list[dict[str, Any]]) -> None:
@@ -1038,10 +1042,10 @@ def evaluate(
         existing = _results_path(out_path, (shard_i, shard_n))
         held = read_results([existing]) if existing.is_file() else []
         if resume:
-            rank_files = [f for f in _files_with_results(out_path) if f.name != "results.json"]
+            rank_runs = {f: read_results([f]) for f in _rank_files(out_path)} if shard_n == 1 else {}
             merged = {_job_key(r) for r in held}
-            if shard_n == 1 and any(_job_key(r) not in merged for r in read_results(rank_files)):
-                names = ", ".join(f.name for f in rank_files)
+            if any(_job_key(r) not in merged for runs in rank_runs.values() for r in runs):
+                names = ", ".join(f.name for f, runs in rank_runs.items() if runs)
                 raise FileExistsError(
                     f"{out_path} holds the per-rank results of a sharded or torchrun evaluation ({names}); resume "
                     f"it with the same number of processes (shards), or merge them first: python -m "
@@ -1112,7 +1116,7 @@ def _results_runs(paths: Iterable[str | Path]) -> list[tuple[Path, dict[str, Any
     for item in paths:
         path = Path(item)
         if path.is_dir():
-            ranks = sorted(path.glob("results.rank*.json"), key=lambda p: (len(p.name), p.name))
+            ranks = _rank_files(path)
             if ranks:
                 files.extend(ranks)
             elif (path / "results.json").is_file():
