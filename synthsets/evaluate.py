@@ -1542,7 +1542,7 @@ def _unsharded_results_problem(out: Path) -> str | None:
     ranks' merged results to ``out/results.json``, which would replace the results of an
     unsharded run held there (a ``results.json`` with no ``results.rank*.json`` beside it)."""
     merged = out / "results.json"
-    if not merged.is_file() or any(out.glob("results.rank*.json")):
+    if not merged.is_file() or _rank_files(out):
         return None
     try:
         held = read_results([merged])
