@@ -47,8 +47,10 @@ Internally a draw is a plain ``dict`` produced by :func:`_draw_all` and consumed
 
 from __future__ import annotations
 
+import difflib
 import math
 import numbers
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -118,8 +120,13 @@ def parse_strategy(strategy: str) -> tuple[str, ...]:
     names = {p.strip() for p in text.split("_") if p.strip()}
     bad = sorted(names - set(VALID_OPS))
     if bad:
+        if re.search(r"[^a-z]", bad[0]):
+            hint = " (join ops with '_', as in 'color_crop')"
+        else:
+            close = difflib.get_close_matches(bad[0], VALID_OPS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ValueError(
-            f"unknown DSA op {bad[0]!r} in strategy {strategy!r}; "
+            f"unknown DSA op {bad[0]!r} in strategy {strategy!r}{hint}; "
             f"valid ops: {', '.join(sorted(VALID_OPS))} (or 'none')"
         )
     return tuple(op for op in VALID_OPS if op in names)

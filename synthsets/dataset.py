@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import atexit
 import math
-import numbers
 import operator
 import os
 import threading
@@ -82,12 +81,18 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
             )
     elif dev.type == "meta":
         raise ValueError("device 'meta' holds no data, so it cannot generate images: use 'cpu' or 'cuda'")
-    elif dev.type != "cpu":  # mps, xpu...: torch.<type>.is_available() where torch has it
-        backend = getattr(torch, dev.type, None)
-        if backend is not None and hasattr(backend, "is_available") and not backend.is_available():
+    elif dev.type != "cpu":  # mps, xpu, hpu, xla...: usable only if torch can put a tensor there
+        try:
+            backend = getattr(torch, dev.type, None)
+            available = not hasattr(backend, "is_available") or backend.is_available()
+            if available:
+                torch.empty(0, device=dev)
+        except Exception:  # noqa: BLE001 - a missing backend fails in many ways
+            available = False
+        if not available:
             raise ValueError(
-                f"device {str(device)!r} was asked for but {dev.type} is not available on this machine: "
-                "use 'cpu' (or leave the device unset)"
+                f"device {str(device)!r} was asked for but {dev.type} is not available in this torch on this "
+                "machine: use 'cpu' or 'cuda' (or leave the device unset)"
             )
     return dev
 
@@ -104,6 +109,13 @@ def _usable_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def _weights_key(generator: nn.Module) -> tuple:
+    """Changes whenever the generator's weights or buffers do (in place or replaced), or
+    its mode: what the images depend on besides (seed, epoch, chunk)."""
+    tensors = [*generator.parameters(), *generator.buffers()]
+    return (id(generator), generator.training, *((t.data_ptr(), _version(t)) for t in tensors))
 
 
 def _core_to_spare() -> bool:
@@ -162,22 +174,40 @@ _GENERATION_MASK = (1 << _EPOCH_SHIFT) - 1
 _MAX_EPOCH = 1 << 31
 
 
+def as_int(value: Any) -> int | None:
+    """``value`` as an int if it is an integer (numpy integers and 0-d integer tensors
+    too, not bools), else ``None``."""
+    if isinstance(value, (bool, float)) or getattr(value, "dtype", None) == torch.bool:
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
 def images_per_class(value: Any, name: str = "inpc") -> int:
     """``value`` as a positive int (numpy integers too), else a ``ValueError`` naming ``name``."""
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0:
-        return int(value)
+    number = as_int(value)
+    if number is not None and number > 0:
+        return number
     raise ValueError(f"{name} (images per class) must be a positive int, got {value!r}")
+
+
+def _check_flag(value: Any, name: str, none: bool = False) -> None:
+    """A ``TypeError`` unless ``value`` is True or False (or None, when ``none``)."""
+    if not (isinstance(value, bool) or (none and value is None)):
+        raise TypeError(f"{name} must be True or False{' (or None)' if none else ''}, got {value!r}")
 
 
 def _checked_augment_output(out: Any, images: Tensor) -> Tensor:
     """What a custom ``augment`` callable returned, if it is a batch like ``images``."""
-    if not isinstance(out, Tensor) or out.dim() != 4 or len(out) != len(images):
-        got = f"a tensor of shape {tuple(out.shape)}" if isinstance(out, Tensor) else repr(out)[:80]
+    if not isinstance(out, Tensor) or out.dim() != 4 or len(out) != len(images) or not out.is_floating_point():
+        got = f"a {dtype_name(out.dtype)} tensor of shape {tuple(out.shape)}" if isinstance(out, Tensor) else repr(out)[:80]
         raise ValueError(
-            f"the augment callable must return the augmented image batch, a tensor (N, C, H, W) with N = "
+            f"the augment callable must return the augmented image batch, a float tensor (N, C, H, W) with N = "
             f"{len(images)} as given, got {got}"
         )
-    return out
+    return out.float()  # float32, as without augmentation (a half-precision callable's output too)
 
 
 def _make_augment(augment: AugmentSpec) -> Callable[..., Tensor] | None:
@@ -210,7 +240,10 @@ class SyntheticDataset(Dataset):
         transform: optional per-item callable on the normalised ``(C, H, W)`` tensor.
         target_transform: optional per-item callable on the integer label.
         augment: ``"dsa"`` (default; per-sample DSA colour+crop, on the device), ``"dsa-full"``,
-            any DSA strategy string, a callable ``batch -> batch``, or ``None``.
+            any DSA strategy string, a callable ``batch -> batch``, or ``None``. A callable
+            gets each generation batch (``batch_size`` images: a transform that draws once
+            per call draws once per batch), with torch's global RNG seeded from
+            ``(seed, epoch, batch)`` and restored after, so ``seed`` fixes its draws too.
         device: where images are generated; default CUDA when present, else CPU.
         seed: makes the stream of epochs reproducible on the same device; ``None`` draws
             one from torch's global RNG (so ``torch.manual_seed`` also fixes it).
@@ -249,7 +282,9 @@ class SyntheticDataset(Dataset):
       this epoch, or any item once every item has been read one at a time, starts the
       next epoch. (A ``DataLoader`` in this process reads items one at a time with
       ``batch_size=None`` or through a wrapper such as ``ConcatDataset``: such passes only
-      move on once every item has been read.)
+      move on once every item has been read, and looks count among those reads: after
+      ``ds[19]`` in an epoch of 20, such a pass serves items 0-18 of this epoch and item
+      19 of the next.)
     * **Samplers with replacement** (``RandomSampler(replacement=True)``,
       ``WeightedRandomSampler``) repeat items within a pass, and each repeat starts a new
       epoch: images stay new, but are generated more often than once per pass.
@@ -283,12 +318,15 @@ class SyntheticDataset(Dataset):
                 "load one with synthsets.Generator.from_pretrained(...) or use synthsets.DiM(name)"
             )
         inpc = images_per_class(inpc)
-        if not isinstance(normalize, bool):
-            raise TypeError(f"normalize must be True or False, got {normalize!r}")
-        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0):
-            raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise TypeError(f"seed must be an int or None, got {seed!r}")
+        _check_flag(normalize, "normalize")
+        if batch_size is not None:
+            if as_int(batch_size) is None or as_int(batch_size) <= 0:
+                raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
+            batch_size = as_int(batch_size)
+        if seed is not None:
+            if as_int(seed) is None:
+                raise TypeError(f"seed must be an int or None, got {seed!r}")
+            seed = as_int(seed)
         if seed is not None and not 0 <= seed < SEED_BOUND:
             raise ValueError(f"seed must lie in [0, 2**63), got {seed}")
         for name, fn in (("transform", transform), ("target_transform", target_transform)):
@@ -359,6 +397,7 @@ class SyntheticDataset(Dataset):
         self._item_reads = torch.zeros(len(self._indices), dtype=torch.int64).share_memory_()
         self._active_epoch = 0  # the epoch whose images are cached / being generated
         self._cache: dict[int, Tensor] = {}
+        self._cache_weights: tuple = ()  # the generator's _weights_key when the cache was filled
         self._prefetched: _EpochPrefetch | None = None  # an epoch generated in the background
         self._folded: tuple[tuple, nn.Module] | None = None  # (weights key, BatchNorm-folded copy)
 
@@ -480,14 +519,20 @@ class SyntheticDataset(Dataset):
         chose. It moves on when the next pass starts (see the class docstring)."""
         return self._current()[1]
 
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        raise AttributeError(f"epoch is read-only; call set_epoch({value!r}) to select an epoch")
+
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose images are served (as ``DistributedSampler.set_epoch``):
         the next pass reads this epoch in full, whatever was read before."""
-        if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or not 0 <= epoch < _MAX_EPOCH:
+        number = as_int(epoch)
+        if number is None or not 0 <= number < _MAX_EPOCH:
             raise ValueError(f"epoch must be a non-negative int below 2**31, got {epoch!r}")
-        epoch = int(epoch)
+        epoch = number
         self._start_epoch(epoch)
         self._activate(epoch)
+        self._drop_stale_cache()
 
     def _start_epoch(self, epoch: int) -> None:
         """Make ``epoch`` current, with none of its items read yet."""
@@ -512,8 +557,7 @@ class SyntheticDataset(Dataset):
         generator = self.generator
         if generator.training:
             return generator
-        tensors = [*generator.parameters(), *generator.buffers()]
-        key = (id(generator), *((t.data_ptr(), _version(t)) for t in tensors))
+        key = _weights_key(generator)
         cached = self._folded
         if cached is None or cached[0] != key:
             folded = fold_batchnorm(generator)
@@ -526,7 +570,10 @@ class SyntheticDataset(Dataset):
     # Images depend only on (seed, epoch, chunk): an epoch generated ahead in the
     # background is the same as one generated on demand.
     @torch.no_grad()
-    def _render(self, noise: Tensor, chunk_id: int, epoch: int) -> Tensor:
+    def _render(self, noise: Tensor, chunk_id: int, epoch: int, custom_augment: bool = True) -> Tensor:
+        """Chunk ``chunk_id`` of ``epoch``: generated, scaled, normalised and augmented
+        (a custom ``augment`` callable only if ``custom_augment``: a background thread
+        leaves it to the reading thread, see :meth:`_apply_custom_augment`)."""
         generator = self._inference_generator()
         with torch.autocast(self.device.type, dtype=self.generation_dtype or torch.float32,
                             enabled=self.generation_dtype is not None):
@@ -534,12 +581,25 @@ class SyntheticDataset(Dataset):
         images = (images.contiguous().float() + 1) / 2  # standard layout and float32 for users
         if self.normalize:
             images = (images - self.mean) / self.std
-        if self.augment is not None:
-            if isinstance(self.augment, DSA):
-                images = self.augment(images, generator=self._rng(1, self.rank, chunk_id, epoch=epoch))
-            else:
-                images = _checked_augment_output(self.augment(images), images)
+        if isinstance(self.augment, DSA):
+            images = self.augment(images, generator=self._rng(1, self.rank, chunk_id, epoch=epoch))
+        elif self.augment is not None and custom_augment:
+            images = self._apply_custom_augment(images, chunk_id, epoch)
         return images
+
+    @torch.no_grad()
+    def _apply_custom_augment(self, images: Tensor, chunk_id: int, epoch: int) -> Tensor:
+        """The ``augment`` callable on one chunk, with torch's global RNG (which torchvision
+        transforms draw from) seeded from (seed, epoch, rank, chunk) and restored after: its
+        draws are reproducible and leave the training loop's random stream alone. Call it
+        from the reading thread only: the global RNG is shared by all threads."""
+        cuda = self.device.type == "cuda"
+        with torch.random.fork_rng(devices=[self.device] if cuda else []):
+            seed = _mix_seed(self.seed, epoch, 1, self.rank, chunk_id)
+            torch.default_generator.manual_seed(seed)
+            if cuda:
+                torch.cuda.default_generators[self.device.index or torch.cuda.current_device()].manual_seed(seed)
+            return _checked_augment_output(self.augment(images), images)
 
     def _epoch_noise(self, epoch: int) -> Tensor:
         """Label-coded noise for the whole (global) epoch, identical on every rank."""
@@ -552,10 +612,10 @@ class SyntheticDataset(Dataset):
     def _num_chunks(self) -> int:
         return math.ceil(len(self) / self.batch_size)
 
-    def _render_chunk(self, noise: Tensor, chunk_id: int, epoch: int) -> Tensor:
+    def _render_chunk(self, noise: Tensor, chunk_id: int, epoch: int, custom_augment: bool = True) -> Tensor:
         start = chunk_id * self.batch_size
         local = self._indices[start : start + self.batch_size].to(self.device)
-        return self._render(noise[local], chunk_id, epoch)
+        return self._render(noise[local], chunk_id, epoch, custom_augment)
 
     def _chunk(self, chunk_id: int) -> Tensor:
         images = self._cache.get(chunk_id)
@@ -564,17 +624,20 @@ class SyntheticDataset(Dataset):
                 self._noise = self._epoch_noise(self._active_epoch)
                 self._noise_epoch = self._active_epoch
             images = self._render_chunk(self._noise, chunk_id, self._active_epoch)
+            if not self._cache:
+                self._cache_weights = _weights_key(self.generator)
             self._cache[chunk_id] = images
         return images
 
-    def _generate_epoch(self, epoch: int, cancel: threading.Event | None = None) -> list[Tensor] | None:
-        """Every chunk of ``epoch`` (None if ``cancel`` was set first); touches no cache."""
+    def _generate_epoch(self, epoch: int, cancel: threading.Event) -> list[Tensor] | None:
+        """Every chunk of ``epoch``, in a background thread (None if ``cancel`` was set
+        first); touches no cache, and leaves a custom ``augment`` callable to the reader."""
         noise = self._epoch_noise(epoch)
         chunks = []
         for chunk_id in range(self._num_chunks):
-            if cancel is not None and cancel.is_set():
+            if cancel.is_set():
                 return None
-            chunks.append(self._render_chunk(noise, chunk_id, epoch))
+            chunks.append(self._render_chunk(noise, chunk_id, epoch, custom_augment=False))
         return chunks
 
     def prefetch(self, epoch: int) -> None:
@@ -594,16 +657,25 @@ class SyntheticDataset(Dataset):
         pending, self._prefetched = self._prefetched, None
         if pending is None:
             return
-        if pending.epoch != epoch or self._cache:
-            pending.cancel()
+        if pending.epoch != epoch or self._cache or pending.weights != _weights_key(self.generator):
+            pending.cancel()  # another epoch, or made before the generator's weights changed
             return
         chunks = pending.result()
         if chunks is not None:
-            self._cache = dict(enumerate(chunks))
+            if self.augment is not None and not isinstance(self.augment, DSA):  # here, not in the thread
+                chunks = [self._apply_custom_augment(chunk, i, epoch) for i, chunk in enumerate(chunks)]
+            self._cache, self._cache_weights = dict(enumerate(chunks)), pending.weights
+
+    def _drop_stale_cache(self) -> None:
+        """Forget the cached images if the generator's weights changed since they were made
+        (checked at each :meth:`loader` pass and :meth:`set_epoch`, not per item)."""
+        if self._cache and self._cache_weights != _weights_key(self.generator):
+            self._cache.clear()
 
     def epoch_tensors(self) -> tuple[Tensor, Tensor]:
         """All images and labels of the current epoch (for this rank), on the device."""
         self._activate(self.epoch)
+        self._drop_stale_cache()
         self._take_prefetched(self._active_epoch)
         chunks = [self._chunk(i) for i in range(self._num_chunks)]
         labels = self._global_labels[self._indices].to(self.device)
@@ -611,10 +683,9 @@ class SyntheticDataset(Dataset):
 
     def _row(self, index: Any) -> int:
         """``index`` as an item position in ``[0, len)``."""
-        try:
-            row = operator.index(index)  # ints, numpy integers, integer 0-d tensors
-        except TypeError:
-            raise TypeError(f"index must be an int, got {type(index).__name__}") from None
+        row = as_int(index)  # ints, numpy integers, integer 0-d tensors
+        if row is None:
+            raise TypeError(f"index must be an int, got {type(index).__name__}")
         asked = row
         if row < 0:
             row += len(self)
@@ -669,17 +740,13 @@ class SyntheticDataset(Dataset):
         trained on. The default turns it on where it pays: on CPU when torch uses fewer
         intra-op threads than there are cores (``torch.set_num_threads``), so that a core
         is free to generate on; with every core already training, overlapping only adds
-        contention. It stays off when ``augment`` is a custom callable, which might draw
-        from torch's global RNG and so race with the training loop.
+        contention. A custom ``augment`` callable runs in this thread, as without prefetch
+        (it may draw from torch's global RNG, which the training loop shares).
         """
         return SyntheticLoader(self, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, prefetch=prefetch)
 
     def _default_prefetch(self) -> bool:
-        return (
-            self.device.type == "cpu"
-            and (self.augment is None or isinstance(self.augment, DSA))
-            and _core_to_spare()
-        )
+        return self.device.type == "cpu" and _core_to_spare()
 
     def materialize(
         self, ipc: int | None = None, path: str | Path | None = None, fmt: str | None = None, overwrite: bool = False
@@ -705,8 +772,12 @@ class SyntheticLoader:
         drop_last: bool = False,
         prefetch: bool | None = None,
     ):
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        if as_int(batch_size) is None or as_int(batch_size) <= 0:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        _check_flag(shuffle, "shuffle")
+        _check_flag(drop_last, "drop_last")
+        _check_flag(prefetch, "prefetch", none=True)
+        batch_size = as_int(batch_size)
         self.dataset = dataset
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -751,6 +822,7 @@ class _EpochPrefetch:
 
     def __init__(self, dataset: SyntheticDataset, epoch: int) -> None:
         self.epoch = epoch
+        self.weights = _weights_key(dataset.generator)  # its images are stale once these change
         self._cancel = threading.Event()
         self._chunks: list[Tensor] | None = None
         self._error: BaseException | None = None

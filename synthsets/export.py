@@ -34,6 +34,8 @@ __all__ = ["materialize", "load_materialized", "FORMATS"]
 
 #: Accepted values of ``fmt`` (``None`` infers it from the path).
 FORMATS = ("folder", "safetensors")
+#: the ``format`` entry of the metadata of a safetensors file that materialize writes
+MATERIALIZED_FORMAT = "synthsets-materialized"
 _FMT_ALIASES = {"folder": "folder", "imagefolder": "folder", "png": "folder", "safetensors": "safetensors"}
 
 
@@ -84,11 +86,25 @@ _OTHER_FILE_SUFFIXES = frozenset({
 })
 
 
+def _is_materialized_file(path: Path) -> bool:
+    """Whether ``path`` is a safetensors file that :func:`materialize` wrote."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return (handle.metadata() or {}).get("format") == MATERIALIZED_FORMAT
+    except (SafetensorError, OSError, ValueError):
+        return False
+
+
 def _check_target(path: Path, folder: bool, overwrite: bool) -> None:
     """Refuse to mix a new set with an old one, or to replace anything but an earlier set."""
     blocker = file_in_the_way(path.parent)
     if blocker is not None:
         raise FileExistsError(f"cannot write {path}: {blocker} is a file, not a folder; choose another path")
+    existing = next(p for p in (path.parent, *path.parent.parents) if p.exists())  # where it will be created
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write {path}: {existing} is not writable; choose another path")
     if folder and path.exists() and not path.is_dir():
         raise FileExistsError(f"{path} exists and is not a folder; choose another path")
     if not folder and path.is_dir():
@@ -104,6 +120,11 @@ def _check_target(path: Path, folder: bool, overwrite: bool) -> None:
         raise FileExistsError(
             f"{path} holds files other than class folders of PNG images; overwrite=True only "
             "replaces an earlier materialised set: remove the folder yourself or choose another path"
+        )
+    if not folder and not _is_materialized_file(path):
+        raise FileExistsError(
+            f"{path} is not a set written by materialize() (a generator's weights, or another file); "
+            "overwrite=True only replaces an earlier materialised set: remove the file yourself or choose another path"
         )
 
 
@@ -146,7 +167,7 @@ def _write_safetensors(images: Tensor, labels: Tensor, dataset: "SyntheticDatase
 
     config = dataset.generator.config
     metadata = {
-        "format": "synthsets-materialized",
+        "format": MATERIALIZED_FORMAT,
         "classes": json.dumps(list(dataset.classes)),
         "mean": json.dumps(list(config.mean)),
         "std": json.dumps(list(config.std)),
@@ -203,6 +224,13 @@ def materialize(
         if fmt is not None:
             raise ValueError(f"fmt={fmt!r} needs a path to write to")
         return _fixed_images(dataset, ipc)
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(
+            f"path must be a str or os.PathLike (a folder, or a file ending in .safetensors), or None for "
+            f"in-memory tensors; got {type(path).__name__}"
+        )
+    if not str(path).strip():
+        raise ValueError("path is empty: give a folder, a file ending in .safetensors, or None for in-memory tensors")
     path = Path(path).expanduser()
     if fmt is None and path.suffix.lower() in _OTHER_FILE_SUFFIXES:
         raise ValueError(

@@ -52,6 +52,11 @@ def test_parse_strategy_order_and_errors() -> None:
         assert op in str(info.value)
     with pytest.raises(TypeError):
         DSA(["color"])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"unknown DSA op 'colour' in strategy 'colour' \(did you mean 'color'\?\)"):
+        DSA("colour")
+    for joined in ("color,crop", "color-crop", "color crop"):
+        with pytest.raises(ValueError, match=r"\(join ops with '_', as in 'color_crop'\)"):
+            DSA(joined)
 
 
 def test_params_validation_and_repr() -> None:

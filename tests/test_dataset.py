@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import time
@@ -281,15 +282,15 @@ def loader_epochs(ds: SyntheticDataset, n: int, **kwargs) -> list[tuple[torch.Te
     return out
 
 
-def test_prefetch_default_needs_a_free_core_and_no_custom_augment(gen, monkeypatch):
+def test_prefetch_default_needs_a_free_core(gen, monkeypatch):
     import synthsets.dataset as dataset_module
 
     monkeypatch.setattr(dataset_module, "_usable_cpus", lambda: torch.get_num_threads() + 1)
     assert SyntheticDataset(gen, 1, device="cpu").loader().prefetch is True
     assert SyntheticDataset(gen, 1, device="cpu", augment=None).loader().prefetch is True
-    custom = SyntheticDataset(gen, 1, device="cpu", augment=lambda x: x)
-    assert custom.loader().prefetch is False
-    assert custom.loader(prefetch=True).prefetch is True
+    # a custom callable runs in the reading thread either way, so it does not matter
+    assert SyntheticDataset(gen, 1, device="cpu", augment=lambda x: x).loader().prefetch is True
+    assert SyntheticDataset(gen, 1, device="cpu").loader(prefetch=False).prefetch is False
     # every core already trains: no background generation unless asked for
     monkeypatch.setattr(dataset_module, "_usable_cpus", lambda: torch.get_num_threads())
     assert SyntheticDataset(gen, 1, device="cpu").loader().prefetch is False
@@ -312,9 +313,9 @@ def test_prefetch_generates_the_next_epoch_in_a_background_thread(gen, monkeypat
     threads = []
     original = SyntheticDataset._render
 
-    def spy(self, noise, chunk_id, epoch):
+    def spy(self, noise, chunk_id, epoch, *rest):
         threads.append((epoch, threading.current_thread().name))
-        return original(self, noise, chunk_id, epoch)
+        return original(self, noise, chunk_id, epoch, *rest)
 
     monkeypatch.setattr(SyntheticDataset, "_render", spy)
     loader = ds.loader(batch_size=16, prefetch=True)
@@ -600,15 +601,87 @@ def test_numpy_integer_inpc_is_taken(gen):
 
 
 @pytest.mark.parametrize("returned, got", [
-    (lambda b: b[:3], "got a tensor of shape (3, "),
+    (lambda b: b[:3], "got a float32 tensor of shape (3, "),
     (lambda b: None, "got None"),
-    (lambda b: b[0], "got a tensor of shape (1, "),
+    (lambda b: b[0], "got a float32 tensor of shape (1, "),
+    (lambda b: b.long(), "got a int64 tensor of shape (8, "),
 ])
 def test_custom_augment_must_return_the_batch(gen, returned, got):
     ds = SyntheticDataset(gen, 2, device="cpu", augment=returned, batch_size=8)
-    with pytest.raises(ValueError, match=r"the augment callable must return the augmented image batch, a tensor "
+    with pytest.raises(ValueError, match=r"the augment callable must return the augmented image batch, a float tensor "
                                          r"\(N, C, H, W\) with N = \d+ as given, " + re.escape(got)):
         ds[0]
+
+
+def test_custom_augment_output_is_float32(gen):
+    ds = SyntheticDataset(gen, 2, device="cpu", augment=lambda b: b.half(), batch_size=8)
+    assert ds[0][0].dtype == torch.float32
+
+
+def random_flip(batch):
+    """A custom augment drawing from torch's global RNG, as torchvision transforms do."""
+    flip = torch.rand(len(batch)) < 0.5
+    return torch.where(flip.view(-1, 1, 1, 1), batch.flip(-1), batch) + 0.01 * torch.randn(1)
+
+
+def test_custom_augment_is_reproducible_and_leaves_the_global_rng_alone(gen):
+    make = lambda seed: SyntheticDataset(gen, 4, device="cpu", seed=seed, augment=random_flip, batch_size=16)
+    first = make(5)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    epochs = [epoch_items(first)[0] for _ in range(2)]
+    assert torch.equal(torch.get_rng_state(), before)  # the training loop's random stream is untouched
+    torch.rand(7)  # another state of the global RNG: the images do not depend on it
+    again = make(5)
+    assert all(torch.equal(x, epoch_items(again)[0]) for x in epochs)
+    first.set_epoch(0)
+    assert torch.equal(epoch_items(first)[0], epochs[0])  # an epoch revisited: the same draws
+    assert not torch.equal(epochs[0], epochs[1])
+    assert not torch.equal(epoch_items(make(6))[0], epochs[0])
+
+
+def test_prefetch_with_a_custom_augment_gives_the_same_images(gen):
+    with_prefetch = loader_epochs(SyntheticDataset(gen, 5, device="cpu", seed=3, augment=random_flip), 3, prefetch=True)
+    without = loader_epochs(SyntheticDataset(gen, 5, device="cpu", seed=3, augment=random_flip), 3, prefetch=False)
+    for (xa, ya), (xb, yb) in zip(with_prefetch, without):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_images_follow_the_generators_weights(gen, prefetch):
+    ds = SyntheticDataset(copy.deepcopy(gen), 4, device="cpu", seed=1, augment=None)
+    loader = ds.loader(batch_size=8, shuffle=False, prefetch=prefetch)
+    list(loader)  # epoch 0; with prefetch, epoch 1 is generated in the background
+    if ds._prefetched is not None:
+        ds._prefetched.result()  # finished before the change
+    with torch.no_grad():
+        for p in ds.generator.parameters():
+            p.mul_(0.5)
+    changed = torch.cat([x for x, _ in loader])
+    reference = SyntheticDataset(copy.deepcopy(ds.generator), 4, device="cpu", seed=1, augment=None)
+    reference.set_epoch(1)
+    assert torch.equal(changed, torch.cat([x for x, _ in reference.loader(batch_size=8, shuffle=False, prefetch=False)]))
+    # the same epoch again after another change: set_epoch regenerates it
+    with torch.no_grad():
+        for p in ds.generator.parameters():
+            p.mul_(2.0)
+    ds.set_epoch(1)
+    again = torch.cat([x for x, _ in loader])
+    assert not torch.equal(again, changed)
+
+
+def test_loader_flags_and_integer_arguments(gen):
+    ds = SyntheticDataset(gen, 2, device="cpu", seed=np.int64(3), batch_size=np.int64(8))
+    assert (ds.seed, ds.batch_size) == (3, 8) and type(ds.seed) is int
+    assert SyntheticDataset(gen, torch.tensor(2), device="cpu").inpc == 2
+    assert ds.loader(batch_size=np.int64(4)).batch_size == 4
+    for name in ("shuffle", "drop_last", "prefetch"):
+        with pytest.raises(TypeError, match=f"{name} must be True or False"):
+            ds.loader(**{name: "no"})
+    with pytest.raises(TypeError, match="index must be an int, got bool"):
+        ds[True]
+    with pytest.raises(AttributeError, match=r"epoch is read-only; call set_epoch\(3\)"):
+        ds.epoch = 3
 
 
 @pytest.mark.parametrize(

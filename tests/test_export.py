@@ -97,3 +97,30 @@ def test_materialize_names_paths_it_cannot_write(tmp_path, dataset):
     written = dataset.materialize(1, path=tmp_path / "x.npz", fmt="folder")  # asked for: a folder of that name
     assert written.is_dir() and len(list(written.rglob("*.png"))) == dataset.num_classes
     assert dataset.materialize(1, path=tmp_path / "set.v2").is_dir()  # other suffixes: folder names
+
+
+def test_materialize_overwrites_only_its_own_safetensors_files(tmp_path, dataset):
+    from synthsets.hub import save_weights
+
+    weights = tmp_path / "model.safetensors"
+    save_weights({"body.0.weight": torch.ones(3)}, weights)
+    garbage = tmp_path / "junk.safetensors"
+    garbage.write_bytes(b"not a safetensors file")
+    for path in (weights, garbage):
+        before = path.read_bytes()
+        with pytest.raises(FileExistsError, match=r"is not a set written by materialize\(\).*remove the file yourself"):
+            dataset.materialize(1, path=path, overwrite=True)
+        assert path.read_bytes() == before
+
+
+def test_materialize_checks_the_path_argument(tmp_path, dataset, monkeypatch):
+    with pytest.raises(TypeError, match="path must be a str or os.PathLike .* got int"):
+        dataset.materialize(1, path=123)
+    for empty in ("", "  "):
+        with pytest.raises(ValueError, match="path is empty"):
+            dataset.materialize(1, path=empty)
+    import synthsets.export as export
+
+    monkeypatch.setattr(export.os, "access", lambda path, mode: False)  # as on a read-only mount
+    with pytest.raises(PermissionError, match=rf"cannot write {tmp_path}/new/set: {tmp_path} is not writable"):
+        dataset.materialize(1, path=tmp_path / "new" / "set")
