@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,9 @@ __all__ = [
 ]
 
 
+_HUB_ARGUMENTS = ("revision", "cache_dir", "local_files_only", "token", "force_download")
+
+
 def DiM(
     name_or_repo: str | Path,
     inpc: int = 10,
@@ -62,6 +67,16 @@ def DiM(
     :class:`SyntheticDataset` (``augment``, ``device``, ``seed``, ``transform``...).
     """
     inpc = images_per_class(inpc)  # before any loading
+    if isinstance(name_or_repo, Generator):
+        raise TypeError("DiM takes a generator's name, folder or Hub repo id; for a Generator object "
+                        "use synthsets.SyntheticDataset(generator, inpc)")
+    accepted = set(inspect.signature(SyntheticDataset).parameters) - {"generator", "inpc"}
+    unknown = sorted(set(dataset_kwargs) - accepted)
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], [*accepted, *_HUB_ARGUMENTS], n=1)
+        raise TypeError(f"DiM() got an unexpected keyword argument {unknown[0]!r}"
+                        + (f" (did you mean {close[0]!r}?)" if close else "")
+                        + f"; it takes {', '.join(_HUB_ARGUMENTS)} and SyntheticDataset's {', '.join(sorted(accepted))}")
     generator = Generator.from_pretrained(
         name_or_repo,
         revision=revision,

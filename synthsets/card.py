@@ -14,12 +14,13 @@ RESULTS_END = "<!-- synthsets:results:end -->"
 def _yaml_scalar(value: str) -> str:
     """``value`` as a YAML scalar: plain when safe, else double-quoted (JSON strings are YAML)."""
     text = str(value)
-    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/-]*", text) and text.lower() not in {"true", "false", "yes", "no", "null", "on", "off"}:
+    # plain only when it starts with a letter: "123" or "0x1F" would read as numbers
+    if re.fullmatch(r"[A-Za-z][A-Za-z0-9._/-]*", text) and text.lower() not in {"true", "false", "yes", "no", "null", "on", "off"}:
         return text
     return json.dumps(text)
 
 
-def _front_matter(dataset: str, metrics: list[dict[str, Any]] | None = None) -> str:
+def _front_matter(dataset: str | None, metrics: list[dict[str, Any]] | None = None) -> str:
     lines = [
         "---",
         "library_name: synthsets",
@@ -30,9 +31,9 @@ def _front_matter(dataset: str, metrics: list[dict[str, Any]] | None = None) -> 
         "- synthsets",
         "- conditional-gan",
         "- image-classification",
-        "datasets:",
-        f"- {_yaml_scalar(dataset)}",
     ]
+    if dataset:  # the Hub's dataset link: only for a named dataset
+        lines += ["datasets:", f"- {_yaml_scalar(dataset)}"]
     if metrics:
         lines.append("metrics:")
         lines.append("- accuracy")
@@ -56,7 +57,10 @@ train = synthsets.DiM("{load_as}", inpc=10)   # 10 images per class per epoch
 
 
 def _settings_table(settings: dict[str, Any]) -> str:
-    return "| setting | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in settings.items())
+    def cell(value: Any) -> str:  # a "|" would end the cell
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    return "| setting | value |\n|---|---|\n" + "\n".join(f"| {cell(k)} | {cell(v)} |" for k, v in settings.items())
 
 
 _RESULTS_SECTION = f"""## Results
@@ -99,7 +103,7 @@ def generator_card(config: Any, repo_id: str) -> str:
     """A model card for a generator known by its config alone (``Generator.push_to_hub``
     writes it when no README.md is given): Hub metadata, what it is, how to load
     ``repo_id``."""
-    dataset = config.dataset or "unknown"
+    dataset = config.dataset or None
     shown = {
         "classes": ", ".join(config.classes),
         "image size": f"{config.channels}x{config.image_size}x{config.image_size}",
@@ -109,7 +113,7 @@ def generator_card(config: Any, repo_id: str) -> str:
     }
     return f"""{_front_matter(dataset)}
 
-{_introduction("DiM generator", dataset, f"{config.num_classes} classes", repo_id)}
+{_introduction("DiM generator", dataset or "an unnamed dataset", f"{config.num_classes} classes", repo_id)}
 {_settings_table(shown)}
 
 {_RESULTS_SECTION}"""

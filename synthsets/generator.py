@@ -12,6 +12,8 @@ import copy
 import json
 import math
 import numbers
+import os
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
@@ -343,9 +345,19 @@ class Generator(nn.Module):
         ]
 
     # -- persistence ------------------------------------------------------------------
-    def save_pretrained(self, save_directory: str | Path, dtype: torch.dtype | str | None = None) -> Path:
+    def save_pretrained(
+        self, save_directory: str | Path, dtype: torch.dtype | str | None = None, *, repo_id: str | None = None
+    ) -> Path:
         """Write ``config.json`` and ``model.safetensors`` (optionally cast to a floating
-        ``dtype``: ``torch.float16``, ``torch.bfloat16`` or their names) atomically."""
+        ``dtype``: ``torch.float16``, ``torch.bfloat16`` or their names) atomically.
+
+        With ``repo_id``, also write the model card that :meth:`push_to_hub` would upload
+        (``README.md``, naming that Hub repo), unless the folder has one: the folder is then
+        ready for ``hf upload``. The config is checked first, so a saved folder always loads.
+        """
+        if not isinstance(save_directory, (str, os.PathLike)) or not str(save_directory).strip():
+            raise TypeError(f"save_directory must be a folder path (str or os.PathLike), got {save_directory!r}")
+        config_text = self._config_json()
         if dtype is not None:
             if isinstance(dtype, str):  # "fp16", "bfloat16", ...
                 from .dataset import _DTYPES  # (dataset imports this module)
@@ -356,7 +368,7 @@ class Generator(nn.Module):
                     f"dtype must be a floating dtype such as torch.float16 or torch.bfloat16 (or 'fp16', 'bf16'), "
                     f"got {dtype!r}: other dtypes could not be loaded back"
                 )
-        directory = Path(save_directory)
+        directory = Path(save_directory).expanduser()
         blocker = hub.file_in_the_way(directory)
         if blocker is not None:
             where = f"{directory} is a file" if blocker == directory else f"{directory} lies under {blocker}, a file"
@@ -365,9 +377,29 @@ class Generator(nn.Module):
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         if dtype is not None:
             state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-        hub.atomic_write_text(directory / CONFIG_NAME, json.dumps(self.config.to_dict(), indent=2) + "\n")
+        hub.atomic_write_text(directory / CONFIG_NAME, config_text)
         hub.save_weights(state, directory / WEIGHTS_NAME, metadata={"format": "pt", "model_type": MODEL_TYPE})
+        if repo_id is not None and not (directory / "README.md").exists():
+            from .card import generator_card
+
+            hub.atomic_write_text(directory / "README.md", generator_card(self.config, repo_id))
         return directory
+
+    def _config_json(self) -> str:
+        """``config.json``'s text, checked: it must load back, and describe these weights."""
+        try:
+            text = json.dumps(self.config.to_dict(), indent=2, allow_nan=False) + "\n"
+            GeneratorConfig.from_dict(json.loads(text))
+        except (TypeError, ValueError) as err:  # a non-JSON value in extra, or a field changed by hand
+            raise ValueError(f"cannot save the generator: its config is invalid ({err}); fix generator.config") from None
+        contradictions = self._weights_hints(self.state_dict())
+        if contradictions:
+            raise ValueError(
+                "cannot save the generator: its config does not describe its weights ("
+                + "; ".join(contradictions).replace("config.json says", "the config says")
+                + "); fix generator.config"
+            )
+        return text
 
     @classmethod
     def from_pretrained(
@@ -400,9 +432,21 @@ class Generator(nn.Module):
         config_path = folder / CONFIG_NAME
         data = hub.read_json(config_path)
         try:
+            absent = [name for name in _REQUIRED_IN_FILES if name not in data] if isinstance(data, dict) else []
+            if isinstance(data, dict) and "num_classes" not in data and "classes" not in data:
+                absent.append("num_classes (or classes)")
+            if absent:
+                raise ValueError(f"it has no {', '.join(absent)}: it is not a synthsets generator config, or is damaged")
             config = GeneratorConfig.from_dict(data)
         except (TypeError, ValueError) as err:  # e.g. "width": "196", or 10 names for 5 classes
             raise ValueError(f"invalid {config_path}: {err}; fix that value or re-save the generator") from None
+        newer = sorted(set(data) - {f.name for f in fields(GeneratorConfig)} - {"model_type"})
+        if newer:
+            warnings.warn(
+                f"{config_path} has settings this version of synthsets does not know ({', '.join(newer)}), "
+                "perhaps from a newer version: they are ignored; upgrade synthsets if the generator needs them",
+                stacklevel=hub._caller_stacklevel(),
+            )
         model = cls(config)
         hub.load_weights_strict(model, folder / WEIGHTS_NAME, hints=model._weights_hints)
         model.source = str(pretrained)
@@ -418,21 +462,29 @@ class Generator(nn.Module):
         extra_files: Sequence[str | Path] = (),
     ) -> str:
         """Upload ``config.json``, ``model.safetensors`` and a model card (``README.md``: the
-        one in ``extra_files``, else a card made from the config) to a Hub model repo, with
-        any other ``extra_files``."""
+        one in ``extra_files``, else a card made from the config, naming the repo) to a Hub
+        model repo, with any other ``extra_files``. Returns the commit URL.
+
+        Raises ``ValueError`` for an invalid ``repo_id`` or ``extra_files`` (before any
+        upload) and :class:`~synthsets.hub.UploadError` when the upload fails."""
         import tempfile
 
         from .card import generator_card
 
+        hub.check_repo_id(repo_id)
+        extras = _extra_files(extra_files)
         with tempfile.TemporaryDirectory() as tmp:
-            self.save_pretrained(tmp)
-            for extra in extra_files:
-                src = Path(extra)
-                (Path(tmp) / src.name).write_bytes(src.read_bytes())
-            card = Path(tmp) / "README.md"
-            if not card.exists():
-                card.write_text(generator_card(self.config, repo_id), encoding="utf-8")
-            return hub.upload_folder(tmp, repo_id, token=token, private=private, commit_message=commit_message)
+            folder = self.save_pretrained(tmp)
+            for src in extras:
+                (folder / src.name).write_bytes(src.read_bytes())
+            card = folder / "README.md"
+
+            def write_card(full_repo_id: str) -> None:  # "name" alone becomes "user/name" on the Hub
+                if not card.exists():
+                    card.write_text(generator_card(self.config, full_repo_id), encoding="utf-8")
+
+            return hub.upload_folder(folder, repo_id, token=token, private=private, commit_message=commit_message,
+                                     before_upload=write_card)
 
     def extra_repr(self) -> str:
         c = self.config
@@ -440,6 +492,26 @@ class Generator(nn.Module):
             f"dataset={c.dataset!r}, classes={c.num_classes}, channels={c.channels}, "
             f"size={c.image_size}, width={c.width}, noise_dim={c.noise_dim}"
         )
+
+
+#: config.json fields a saved generator must have (defaults apply to configs built in code only)
+_REQUIRED_IN_FILES = ("channels", "image_size", "noise_dim", "width", "mean", "std")
+
+
+def _extra_files(extra_files: str | Path | Sequence[str | Path]) -> list[Path]:
+    """``push_to_hub``'s ``extra_files`` checked: existing files that replace none of the
+    generator's own."""
+    if isinstance(extra_files, (str, os.PathLike)):
+        extra_files = [extra_files]
+    paths = [Path(f).expanduser() for f in extra_files]
+    for path in paths:
+        if not path.is_file():
+            raise ValueError(f"extra file {path} {'is a folder' if path.is_dir() else 'does not exist'}; "
+                             "extra_files takes paths of existing files")
+        if path.name in (CONFIG_NAME, WEIGHTS_NAME):
+            raise ValueError(f"extra file {path} would replace the generator's own {path.name}, which push_to_hub "
+                             "writes from the generator itself; rename it or leave it out")
+    return paths
 
 
 # -- inference -------------------------------------------------------------------------------

@@ -90,6 +90,8 @@ def read_json(path: str | Path) -> dict[str, Any]:
         raise PretrainedNotFoundError(f"{path} does not exist") from None
     except json.JSONDecodeError as err:
         raise WeightsError(f"{path} is not valid JSON ({err}); re-download or re-save it") from None
+    except UnicodeDecodeError as err:
+        raise WeightsError(f"{path} is not UTF-8 text, as JSON must be ({err}); re-download or re-save it") from None
 
 
 def _canonical_safetensors(data: bytes) -> bytes:
@@ -117,6 +119,9 @@ def save_weights(state: dict[str, torch.Tensor], path: str | Path, metadata: dic
     atomic_write_bytes(path, _canonical_safetensors(save(state, metadata=metadata)))
 
 
+_LFS_POINTER = b"version https://git-lfs"
+
+
 def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a safetensors file, turning any failure into a :class:`WeightsError` that names the file."""
     from safetensors.torch import load_file
@@ -124,6 +129,12 @@ def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file {path} does not exist")
+    with open(path, "rb") as handle:
+        if handle.read(len(_LFS_POINTER)) == _LFS_POINTER:
+            raise WeightsError(
+                f"{path} is a Git LFS pointer, not the weights: the repository was cloned without its LFS files; "
+                "run `git lfs pull` in it (or download the files with huggingface_hub)"
+            )
     try:
         return load_file(str(path))
     except Exception as err:  # safetensors raises its own error types for corrupt data
@@ -188,6 +199,8 @@ def load_weights_strict(
         for key, tensor in state.items():
             if tensor.is_floating_point() and not torch.isfinite(tensor).all():
                 raise WeightsError(f"tensor {key!r} in {path} contains NaN or infinite values")
+            if key.endswith("running_var") and (tensor < 0).any():
+                raise WeightsError(f"tensor {key!r} in {path} holds negative variances; the file is corrupt")
             expected[key].copy_(tensor.to(expected[key].dtype))
 
 
@@ -254,6 +267,10 @@ def hub_repo_id(name: str) -> str:
 # -- resolution -----------------------------------------------------------------------------
 class _HubRepoUnavailable(PretrainedNotFoundError):
     """The Hub repo itself could not be used: absent, private, invalid id, or not cached offline."""
+
+
+#: weights in pickle formats: never loaded (unpickling can run code), but named in errors
+_PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".ckpt"})
 
 
 def _is_path_like(text: str) -> bool:
@@ -330,9 +347,10 @@ def resolve(
     """Return a local folder holding ``filenames`` for a folder, short name or Hub repo id."""
     filenames = tuple(filenames)
     if not isinstance(name_or_path, (str, Path)) or not str(name_or_path).strip():
-        raise TypeError(
-            f"expected a generator name, folder or Hub repo id (str or Path), got {name_or_path!r}"
-        )
+        shown = repr(name_or_path) if isinstance(name_or_path, (str, Path)) else f"a {type(name_or_path).__name__}"
+        raise TypeError(f"expected a generator name, folder or Hub repo id (str or Path), got {shown}")
+    if revision is not None and not isinstance(revision, str):
+        raise TypeError(f"revision must be a branch, tag or commit hash (a str), got {revision!r}")
     path = Path(name_or_path).expanduser()
     text = str(name_or_path).strip()
     if path.is_dir():
@@ -344,9 +362,13 @@ def resolve(
         bundled = _find_bundled(text) if _is_bare_name(name_or_path) and revision is None else None
         if bundled is not None:
             return bundled
+        pickles = sorted(p.name for p in path.iterdir() if p.suffix in _PICKLE_SUFFIXES and p.is_file())[:3]
+        refused = (f"; it holds {', '.join(pickles)}, which synthsets does not read (pickle files can run code): "
+                   "load it with torch.load yourself, copy it into a Generator and save_pretrained that"
+                   if pickles and "model.safetensors" in missing else "")
         raise PretrainedNotFoundError(
             f"folder {path} is not a synthsets generator: it lacks {', '.join(missing)} "
-            "(save one with Generator.save_pretrained or python -m synthsets.distill)"
+            f"(save one with Generator.save_pretrained or python -m synthsets.distill){refused}"
         )
     if path.is_file():
         raise PretrainedNotFoundError(
@@ -364,9 +386,15 @@ def resolve(
                            f"leave {options} out to use the bundled one")
     bare = _is_bare_name(name_or_path)
     repo_id = hub_repo_id(text) if bare else text
+    url = re.match(r"https?://(?:www\.)?(?:huggingface\.co|hf\.co)/([^/\s]+/[^/\s]+)", text)
+    if url is not None:
+        raise PretrainedNotFoundError(f"{text} is a web address; pass the Hub repo id instead: {url.group(1)!r}")
     if isinstance(name_or_path, Path) or _is_path_like(text) or (not bare and not _is_valid_repo_id(repo_id)):
         shown = f"{text} ({path})" if text.startswith("~") else text
-        raise PretrainedNotFoundError(f"no such folder: {shown}")
+        invalid = ("" if isinstance(name_or_path, Path) or _is_path_like(text) else
+                   f", and {text!r} is not a valid Hub repo id either (owner/name, with letters, digits, "
+                   "'-', '_' and '.', no '--' or '..', at most 96 characters)")
+        raise PretrainedNotFoundError(f"no such folder: {shown}{invalid}")
     suggestion = _did_you_mean(text)
     if suggestion and _may_be_a_typo(text, repo_id, cache_dir, revision, local_files_only):
         # say it now: without network the lookup below retries for a while before failing
@@ -524,10 +552,20 @@ def upload_folder_or_explain(folder: str | Path, repo_id: str, commit_message: s
     try:
         return upload_folder(folder, repo_id, commit_message=commit_message)
     except Exception as err:  # network, auth, permissions: the work is safe on disk either way
+        cause = err.__cause__ if isinstance(err, UploadError) and err.__cause__ is not None else err
         raise UploadError(
-            f"the generator is complete in {folder}, but uploading it to {repo_id} failed ({error_detail(err)}); "
+            f"the generator is complete in {folder}, but uploading it to {repo_id} failed ({error_detail(cause)}); "
             f"upload it later with: hf upload {repo_id} {folder} . --exclude 'checkpoints/*'"
         ) from err
+
+
+def check_repo_id(repo_id: Any) -> None:
+    """A ``ValueError`` naming the problem unless ``repo_id`` is a valid Hub repo id."""
+    if not isinstance(repo_id, str) or not _is_valid_repo_id(repo_id):
+        raise ValueError(
+            f"{repo_id!r} is not a valid Hub repo id: use 'owner/name' (or 'name' under your own account), with "
+            "letters, digits, '-', '_' and '.', no '--' or '..', at most 96 characters"
+        )
 
 
 def upload_folder(
@@ -537,24 +575,40 @@ def upload_folder(
     token: str | None = None,
     private: bool | None = None,
     commit_message: str = "Upload DiM generator",
+    before_upload: Callable[[str], None] | None = None,
 ) -> str:
     """Create ``repo_id`` if needed and upload ``folder`` to it; returns the commit URL.
-    Raises :class:`UploadError` at once when offline or without a network."""
+
+    ``before_upload(full_repo_id)`` runs once the repo exists (a bare ``"name"`` is
+    ``"user/name"`` by then), e.g. to write a card that names it. Raises ``ValueError`` for
+    an invalid ``repo_id``, and :class:`UploadError` for every failure of the upload: at
+    once when offline or without a network, else with the Hub's answer (authentication,
+    permissions, HTTP errors)."""
     from huggingface_hub import HfApi
 
+    check_repo_id(repo_id)
+    later = (f"save the files locally (save_pretrained(folder, repo_id={repo_id!r}) also writes the model card) "
+             f"and upload them later with: hf upload {repo_id} FOLDER .")
     unreachable = hub_unreachable()
     if unreachable is not None:
         why, fix = unreachable
-        raise UploadError(f"cannot upload to {repo_id}: {why}; {fix}, or save the files locally "
-                          f"(save_pretrained(folder)) and upload them later with: hf upload {repo_id} FOLDER .")
+        raise UploadError(f"cannot upload to {repo_id}: {why}; {fix}, or {later}")
 
     api = HfApi(token=token)
-    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-    info = api.upload_folder(
-        repo_id=repo_id,
-        folder_path=str(folder),
-        repo_type="model",
-        commit_message=commit_message,
-        ignore_patterns=["checkpoints/*", "*.tmp", "checkpoint*.pt", "*.safetensors.tmp"],
-    )
+    try:
+        full_repo_id = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True).repo_id
+        if before_upload is not None:
+            before_upload(full_repo_id)
+        info = api.upload_folder(
+            repo_id=full_repo_id,
+            folder_path=str(folder),
+            repo_type="model",
+            commit_message=commit_message,
+            ignore_patterns=["checkpoints/*", "*.tmp", "checkpoint*.pt", "*.safetensors.tmp"],
+        )
+    except Exception as err:  # connection, authentication, permission, HTTP errors from huggingface_hub
+        raise UploadError(
+            f"uploading to {repo_id} failed ({error_detail(err)}); check the repo id, your token (token=, or "
+            f"`hf auth login`) and the network; or {later}"
+        ) from err
     return str(getattr(info, "commit_url", info))

@@ -364,9 +364,9 @@ def test_pending_prefetches_stop_at_exit(gen, monkeypatch):
     ds = SyntheticDataset(gen, 200, device="cpu", seed=3, batch_size=8)  # 250 chunks
     original = SyntheticDataset._render_chunk
 
-    def slow(self, noise, chunk_id, epoch):  # 250 x 10 ms: the cancel comes long before the end
+    def slow(self, noise, chunk_id, epoch, *rest, **options):  # 250 x 10 ms: the cancel comes long before the end
         time.sleep(0.01)
-        return original(self, noise, chunk_id, epoch)
+        return original(self, noise, chunk_id, epoch, *rest, **options)
 
     monkeypatch.setattr(SyntheticDataset, "_render_chunk", slow)
     ds.prefetch(1)
@@ -932,3 +932,15 @@ def test_loader_warns_when_drop_last_leaves_no_batch(recwarn):
     assert [w.filename for w in warned] == [__file__] and len(loader) == 0
     recwarn.clear()
     assert len(ds.loader(batch_size=64)) == 1 and not recwarn.list  # the last batch kept: no warning
+
+
+def test_dim_checks_its_keyword_arguments_before_loading(gen, monkeypatch):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("loaded before the arguments were checked")
+
+    monkeypatch.setattr(Generator, "from_pretrained", no_loading)
+    with pytest.raises(TypeError, match=r"DiM\(\) got an unexpected keyword argument 'revison' \(did you mean "
+                                        r"'revision'\?\); it takes revision, cache_dir"):
+        synthsets.DiM("mnist", 2, revison="main")
+    with pytest.raises(TypeError, match=r"for a Generator object use synthsets.SyntheticDataset\(generator, inpc\)"):
+        synthsets.DiM(gen, 2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -313,6 +314,77 @@ def test_incomplete_folder(saved_generator):
         Generator.from_pretrained(saved_generator)
     with pytest.raises(PretrainedNotFoundError, match="lacks model.safetensors"):
         synthsets.DiM(saved_generator, inpc=1)
+    (saved_generator / "pytorch_model.bin").write_bytes(b"pickle")
+    with pytest.raises(PretrainedNotFoundError, match=r"lacks model.safetensors .*; it holds pytorch_model.bin, which "
+                                                      r"synthsets does not read \(pickle files can run code\)"):
+        Generator.from_pretrained(saved_generator)
+
+
+def test_config_json_must_be_utf8_and_complete(saved_generator):
+    path = saved_generator / "config.json"
+    config = json.loads(path.read_text())
+    path.write_bytes(json.dumps({**config, "dataset": "caf\u00e9"}, ensure_ascii=False).encode("latin-1"))
+    with pytest.raises(WeightsError, match=r"config.json is not UTF-8 text"):
+        Generator.from_pretrained(saved_generator)
+    for absent in (["width"], ["mean", "std"], ["num_classes", "classes"]):
+        path.write_text(json.dumps({k: v for k, v in config.items() if k not in absent}))
+        shown = "num_classes (or classes)" if "classes" in absent else ", ".join(absent)
+        with pytest.raises(ValueError, match=rf"invalid .*config.json: it has no {re.escape(shown)}: it is not a "
+                                             r"synthsets generator config, or is damaged"):
+            Generator.from_pretrained(saved_generator)
+    path.write_text(json.dumps({k: v for k, v in config.items() if k != "num_classes"}))  # classes suffice
+    assert Generator.from_pretrained(saved_generator).num_classes == config["num_classes"]
+
+
+def test_unknown_config_keys_warn(saved_generator):
+    path = saved_generator / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "upsample_mode": "bilinear"}))
+    with pytest.warns(UserWarning, match=r"has settings this version of synthsets does not know \(upsample_mode\)"):
+        Generator.from_pretrained(saved_generator)
+
+
+def test_git_lfs_pointers_and_negative_variances_are_named(saved_generator):
+    weights = saved_generator / "model.safetensors"
+    state = load_file(str(weights))
+    key = next(k for k in state if k.endswith("running_var"))
+    save_file({**state, key: -state[key]}, str(weights))
+    with pytest.raises(WeightsError, match=rf"tensor '{re.escape(key)}' .* holds negative variances"):
+        Generator.from_pretrained(saved_generator)
+    weights.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 123\n")
+    with pytest.raises(WeightsError, match=r"is a Git LFS pointer, not the weights: .*run `git lfs pull`"):
+        Generator.from_pretrained(saved_generator)
+
+
+def test_save_pretrained_refuses_a_config_that_would_not_load(make_generator, tmp_path):
+    cases = [
+        (lambda c: setattr(c, "mean", [0.1]), r"GeneratorConfig.mean needs 3 values"),
+        (lambda c: c.extra.update(x=torch.ones(1)), r"not JSON serializable"),
+        (lambda c: c.extra.update(x=float("nan")), r"Out of range float values are not JSON compliant"),
+        (lambda c: setattr(c, "width", 196), r"does not describe its weights \(the weights look like width 16 but "
+                                             r"the config says 196\)"),
+    ]
+    for change, problem in cases:
+        generator = make_generator(seed=1)
+        change(generator.config)
+        with pytest.raises(ValueError, match=r"cannot save the generator: .*" + problem):
+            generator.save_pretrained(tmp_path / "g")
+        assert not (tmp_path / "g").exists()
+    for bad in (None, ""):
+        with pytest.raises(TypeError, match="save_directory must be a folder path"):
+            make_generator().save_pretrained(bad)
+
+
+def test_save_pretrained_expands_home_and_writes_a_card_when_asked(make_generator, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    generator = make_generator(seed=1, dataset="toy")
+    folder = generator.save_pretrained("~/gen")
+    assert folder == tmp_path / "gen" and sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    _state_equal(Generator.from_pretrained("~/gen"), generator)
+    generator.save_pretrained(folder, repo_id="me/toy")
+    assert 'synthsets.DiM("me/toy", inpc=10)' in (folder / "README.md").read_text()
+    (folder / "README.md").write_text("my own card")
+    generator.save_pretrained(folder, repo_id="me/toy")
+    assert (folder / "README.md").read_text() == "my own card"  # never replaced
 
 
 def test_map_location_and_repr(saved_generator):

@@ -229,8 +229,9 @@ def test_push_without_a_network_or_offline_fails_at_once_with_the_fix(no_dns, ma
     generator = make_generator(seed=3, dataset="toy")
     with pytest.raises(hub_module.UploadError, match=r"cannot upload to me/toy: the Hub cannot be reached "
                                                      r"\(cannot resolve .*\); check the network connection, or save "
-                                                     r"the files locally \(save_pretrained\(folder\)\) and upload "
-                                                     r"them later with: hf upload me/toy FOLDER \."):
+                                                     r"the files locally \(save_pretrained\(folder, repo_id='me/toy'\) "
+                                                     r"also writes the model card\) and upload them later with: "
+                                                     r"hf upload me/toy FOLDER \."):
         generator.push_to_hub("me/toy")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(hub_module.UploadError, match=r"huggingface_hub is offline \(HF_HUB_OFFLINE=1\); unset it"):
@@ -356,3 +357,40 @@ def test_push_extra_files_and_unchanged_push(hub_endpoint, make_generator, tmp_p
     url = generator.push_to_hub("me/toy", extra_files=[card])  # nothing changed: no new commit
     assert len(repo.log) == commits
     assert url.endswith(repo.refs["main"])
+
+
+def test_push_checks_its_arguments_before_any_upload(hub_endpoint, make_generator, tmp_path):
+    generator = make_generator(seed=3, dataset="toy")
+    for bad in ("bad name!", "me/a--b", 5):
+        with pytest.raises(ValueError, match="is not a valid Hub repo id: use 'owner/name'"):
+            generator.push_to_hub(bad)
+    own = tmp_path / "config.json"
+    own.write_text("{}")
+    with pytest.raises(ValueError, match=r"would replace the generator's own config.json"):
+        generator.push_to_hub("me/toy", extra_files=[own])
+    with pytest.raises(ValueError, match=r"extra file .*missing.md does not exist"):
+        generator.push_to_hub("me/toy", extra_files=[tmp_path / "missing.md"])
+    assert "me/toy" not in hub_endpoint.state.repos  # nothing was created
+    notes = tmp_path / "NOTES.md"
+    notes.write_text("notes")
+    generator.push_to_hub("me/toy", extra_files=str(notes))  # one path on its own is fine
+    assert hub_endpoint.state.files("me/toy")["NOTES.md"] == b"notes"
+
+
+def test_push_under_the_users_own_account_names_the_full_repo_in_the_card(hub_endpoint, make_generator):
+    generator = make_generator(seed=3, dataset="toy")
+    generator.push_to_hub("toy2")  # the Hub puts it under the token's user
+    card = hub_endpoint.state.files("user/toy2")["README.md"].decode()
+    assert 'synthsets.DiM("user/toy2", inpc=10)' in card
+
+
+def test_push_failures_are_upload_errors(hub_endpoint, make_generator, monkeypatch):
+    from huggingface_hub import HfApi
+
+    def refuse(self, *args, **kwargs):
+        raise ConnectionError("connection refused")
+
+    monkeypatch.setattr(HfApi, "create_repo", refuse)
+    with pytest.raises(hub_module.UploadError, match=r"uploading to me/toy failed \(ConnectionError: connection "
+                                                     r"refused\); check the repo id, your token"):
+        make_generator(seed=3).push_to_hub("me/toy")

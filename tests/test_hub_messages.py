@@ -159,9 +159,17 @@ def test_unreachable_hub_without_flags_says_the_network_failed(monkeypatch):
     "text", ["nonexistent_folder/", "./x", "/abs/x", "a/b/c", "runs\\mnist", "x/y/", "no such/dir"]
 )
 def test_path_like_strings_are_local_paths(text, no_hub_calls):
+    # "no such/dir" has the shape of a repo id (owner/name), but not its characters
+    invalid = (f", and {text!r} is not a valid Hub repo id either (owner/name, with letters, digits, '-', '_' and '.', "
+               "no '--' or '..', at most 96 characters)" if text == "no such/dir" else "")
     for call in (lambda: synthsets.DiM(text, inpc=10), lambda: Generator.from_pretrained(text)):
         message = _message(call)
-        assert message == f"no such folder: {text}"
+        assert message == f"no such folder: {text}{invalid}"
+
+
+def test_a_web_address_points_to_its_repo_id(no_hub_calls):
+    for url in ("https://huggingface.co/me/dim-mine", "https://hf.co/me/dim-mine/tree/main"):
+        assert _message(Generator.from_pretrained, url) == f"{url} is a web address; pass the Hub repo id instead: 'me/dim-mine'"
 
 
 def test_home_path_shows_its_expansion(no_hub_calls):
